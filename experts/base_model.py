@@ -101,6 +101,7 @@ def _load_transformers():
     from transformers import AutoModelForCausalLM, AutoTokenizer, logging
 
     logging.set_verbosity_error()
+    logging.disable_progress_bar()
     return AutoModelForCausalLM, AutoTokenizer
 
 
@@ -148,7 +149,9 @@ def load_base_model(spec: str | os.PathLike | None = None, *, device: str | torc
     auto_model, auto_tokenizer = _load_transformers()
     try:
         tokenizer = auto_tokenizer.from_pretrained(folder)
-        model = auto_model.from_pretrained(folder, dtype=torch.float32)
+        # Read into anonymous memory: the mixing layers replace every linear weight, and an mmap of the
+        # file would otherwise stay resident beside those copies.
+        model = auto_model.from_pretrained(folder, dtype=torch.float32, disable_mmap=True)
     except Exception as err:  # transformers raises OSError, ValueError, KeyError... for broken folders
         raise BaseModelError(f"cannot load model from {path}: {err}") from None
     if tokenizer.pad_token is None:

@@ -22,6 +22,7 @@ class SamplingConfig:
     temperature: float = 0.0  # 0 means greedy
     top_p: float = 1.0
     seed: int | None = None
+    stop_at_eos: bool = True  # False runs every row for max_new_tokens, as throughput benchmarks need
 
     def __post_init__(self):
         if not 1 <= self.max_new_tokens <= 4096:
@@ -98,7 +99,8 @@ def generate(model, tokenizer, prompts: list[str], config: SamplingConfig = Samp
     for step in range(config.max_new_tokens):
         token = sample(logits, config, generator).masked_fill(done, int(stop[0]))
         steps.append(token)
-        done |= torch.isin(token, stop)
+        if config.stop_at_eos:
+            done |= torch.isin(token, stop)
         if callback is not None:
             callback(step, token.tolist(), done.tolist())
         if bool(done.all()) or step + 1 == config.max_new_tokens:

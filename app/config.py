@@ -1,0 +1,26 @@
+"""The one place where command-line flags and environment variables become settings."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BUNDLED_EXPERTS = Path(__file__).resolve().parent.parent / "experts" / "bundled"
+MAX_QUESTION_CHARS = 4000
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    base_model: str | None = field(default_factory=lambda: os.environ.get("EXPERTGATE_BASE_MODEL") or None)
+    device: str | None = field(default_factory=lambda: os.environ.get("EXPERTGATE_DEVICE") or None)
+    experts_dir: Path = field(default_factory=lambda: Path(os.environ.get("EXPERTGATE_EXPERTS_DIR") or BUNDLED_EXPERTS))
+    cache_dir: Path | None = field(default_factory=lambda: Path(os.environ["EXPERTGATE_CACHE"]) if os.environ.get("EXPERTGATE_CACHE") else None)
+    top_k: int = 2
+    max_new_tokens: int = 160
+
+    @classmethod
+    def from_args(cls, args) -> "AppConfig":
+        """Flags given on the command line override the environment."""
+        values = {k: getattr(args, k) for k in ("base_model", "device", "experts_dir", "top_k", "max_new_tokens")
+                  if getattr(args, k, None) is not None}
+        return cls(**values)

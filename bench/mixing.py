@@ -1,0 +1,188 @@
+"""Throughput of per-row LoRA mixing against the plain base model and PEFT, interleaved in one process.
+
+    python bench/mixing.py --json [--rounds 3] [--batches 8 32] [--out bench/results/mixing.json]
+
+Real base model, 4 random adapters (r=16, every linear layer), ~64-token prompts, 32 new tokens, greedy,
+every row runs all 32 steps. Each round runs every configuration once, in turn, so machine noise hits
+them alike; we report the median tokens/s over rounds. Also measures the resident memory an added
+expert costs against its own parameter bytes.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from experts.base_model import load_base_model  # noqa: E402
+from experts.engine import TorchBackend  # noqa: E402
+from experts.generation import SamplingConfig, generate  # noqa: E402
+from experts.prompt import chat_prompt  # noqa: E402
+
+EXPERTS = ["e0", "e1", "e2", "e3"]
+TOPICS = ["compound interest and how banks apply it to savings accounts over many years",
+          "the difference between a misdemeanor and a felony in criminal law",
+          "why antibiotics do not work against viral infections such as the common cold",
+          "how a hash map handles collisions and what that means for lookup time"]
+
+
+def make_adapters(folder: Path, root: Path, rank: int) -> list[Path]:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    paths = []
+    for i, name in enumerate(EXPERTS):
+        torch.manual_seed(i)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear",
+                                                      init_lora_weights=False))
+        with torch.no_grad():
+            for pname, param in peft_model.named_parameters():
+                if "lora_" in pname:
+                    param.normal_(0, 0.02)
+        peft_model.save_pretrained(root / name)
+        paths.append(root / name)
+    return paths
+
+
+def prompts(tokenizer, batch: int) -> list[str]:
+    """Questions whose chat prompts are about 64 tokens long."""
+    out = []
+    for i in range(batch):
+        question = (f"Question {i}: please explain {TOPICS[i % 4]}, step by step, with one short example "
+                    f"that a student could follow and remember.")
+        out.append(chat_prompt(tokenizer, question))
+    return out
+
+
+class PeftRows(nn.Module):
+    """Lets our decode loop drive PEFT with a per-row `adapter_names` list."""
+
+    def __init__(self, peft_model, names):
+        super().__init__()
+        self.inner, self.names = peft_model, names
+        self.config, self.generation_config = peft_model.config, peft_model.generation_config
+
+    def forward(self, **kwargs):
+        return self.inner(**kwargs, adapter_names=self.names)
+
+
+def rss_bytes() -> int:
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def memory_per_expert(adapters: list[Path]) -> dict:
+    base = load_base_model(device="cpu")
+    backend = TorchBackend(base)
+    rows = []
+    for name, path in zip(EXPERTS, adapters):
+        before = rss_bytes()
+        backend.add_expert(name, path)
+        grown = rss_bytes() - before
+        own = backend.mixer.experts[name] * 4
+        rows.append({"expert": name, "param_bytes": own, "rss_growth_bytes": grown, "ratio": round(grown / own, 3)})
+    return {"per_expert": rows, "max_ratio": max(r["ratio"] for r in rows)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batches", type=int, nargs="+", default=[8, 32])
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/mixing.json"))
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    ours = TorchBackend(load_base_model(device="cpu"))
+    folder, tokenizer = ours.base.folder, ours.base.tokenizer
+    root = Path(tempfile.mkdtemp(prefix="mixing-bench-"))
+    adapters = make_adapters(folder, root, args.rank)
+    for name, path in zip(EXPERTS, adapters):
+        ours.add_expert(name, path)
+    plain = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32),
+                                           adapters[0], adapter_name=EXPERTS[0]).eval()
+    for name, path in zip(EXPERTS[1:], adapters[1:]):
+        peft_model.load_adapter(path, adapter_name=name)
+    sampling = SamplingConfig(max_new_tokens=args.new_tokens, stop_at_eos=False)
+
+    def run_ours(batch, k):
+        routes = [tuple((EXPERTS[(b + j) % 4], 1.0 / k) for j in range(k)) for b in range(batch)]
+
+        def run(p):
+            with ours.mixer.routing(routes):
+                generate(ours.base.model, tokenizer, p, sampling)
+        return run
+
+    def run_peft(batch, single):
+        names = [EXPERTS[0] if single else EXPERTS[b % 4] for b in range(batch)]
+        if single:
+            peft_model.set_adapter(EXPERTS[0])
+            return lambda p: generate(peft_model, tokenizer, p, sampling)
+        return lambda p: generate(PeftRows(peft_model, names), tokenizer, p, sampling)
+
+    results = {}
+    for batch in args.batches:
+        configs = {
+            "base": lambda p: generate(plain, tokenizer, p, sampling),
+            "ours_top1": run_ours(batch, 1),
+            "ours_top2": run_ours(batch, 2),
+            "peft_mixed": run_peft(batch, single=False),
+            "peft_single": run_peft(batch, single=True),
+        }
+        batch_prompts = prompts(tokenizer, batch)
+        lengths = [len(tokenizer(p, add_special_tokens=False).input_ids) for p in batch_prompts]
+        for fn in configs.values():
+            fn(batch_prompts)
+        times = {name: [] for name in configs}
+        for _ in range(args.rounds):
+            for name, fn in configs.items():
+                if name == "peft_single":
+                    peft_model.set_adapter(EXPERTS[0])
+                started = time.perf_counter()
+                fn(batch_prompts)
+                times[name].append(time.perf_counter() - started)
+        tokens = batch * args.new_tokens
+        results[f"batch_{batch}"] = {
+            "prompt_tokens_mean": round(sum(lengths) / len(lengths), 1),
+            "tokens_per_s": {n: round(tokens / statistics.median(t), 1) for n, t in times.items()},
+            "seconds": {n: [round(x, 3) for x in t] for n, t in times.items()},
+        }
+    largest = results[f"batch_{max(args.batches)}"]["tokens_per_s"]
+    report = {
+        "setup": {"experts": len(EXPERTS), "rank": args.rank, "new_tokens": args.new_tokens, "rounds": args.rounds,
+                  "threads": torch.get_num_threads(), "device": "cpu"},
+        "results": results,
+        "ratios": {
+            "top1_vs_base": round(largest["ours_top1"] / largest["base"], 3),
+            "top2_vs_top1": round(largest["ours_top2"] / largest["ours_top1"], 3),
+            "top1_vs_peft_mixed": round(largest["ours_top1"] / largest["peft_mixed"], 3),
+            "top1_vs_peft_single": round(largest["ours_top1"] / largest["peft_single"], 3),
+        },
+        "memory": memory_per_expert(adapters),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=None if args.json else 2))
+
+
+if __name__ == "__main__":
+    main()
