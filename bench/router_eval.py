@@ -1,0 +1,101 @@
+"""How well the gate routes held-out questions: fit on data/*/train.jsonl, score on the eval and boundary files.
+
+    python bench/router_eval.py --json [--data data] [--top-k 2] [--out bench/results/router_eval.json]
+
+Every data/<domain>/ with a train.jsonl is an expert, except data/general/, whose questions are the
+off-domain class the gate falls back on. Held out: each domain's eval.jsonl labelled with the domain,
+data/general/eval.jsonl labelled "general", and data/general/boundary.jsonl (hard near-boundary cases,
+each with its own domain). Threshold and calibration come from folds of the training data only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from router import GENERAL, Gate, SentenceEncoder, evaluate, load_labelled  # noqa: E402
+
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "expertgate" / "router"
+
+
+def read_questions(path: Path) -> list[str]:
+    questions = []
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if line.strip():
+                try:
+                    questions.append(json.loads(line)["question"])
+                except (json.JSONDecodeError, KeyError, TypeError) as e:
+                    raise SystemExit(f"{path}:{line_no}: no readable 'question' ({e})") from None
+    return questions
+
+
+def training_data(data: Path) -> tuple[dict[str, list[str]], list[str]]:
+    experts = {p.parent.name: read_questions(p) for p in sorted(data.glob("*/train.jsonl"))
+               if p.parent.name != GENERAL}
+    return experts, read_questions(data / GENERAL / "train.jsonl")
+
+
+def held_out(data: Path, domains: list[str]) -> tuple[list[str], list[str]]:
+    questions, labels = [], []
+    for domain in [*domains, GENERAL]:
+        path = data / domain / "eval.jsonl"
+        if path.exists():
+            qs = read_questions(path)
+            questions += qs
+            labels += [domain] * len(qs)
+    return questions, labels
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parent.parent / "data")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--top-k", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "router_eval.json")
+    parser.add_argument("--save-gate", type=Path, help="also save the fitted gate to this folder")
+    parser.add_argument("--json", action="store_true", help="print the full JSON result (else a summary)")
+    args = parser.parse_args()
+
+    encoder = SentenceEncoder()
+    experts, general = training_data(args.data)
+    start = time.perf_counter()
+    gate = Gate.fit(experts, general, encoder, cache_dir=args.cache_dir, seed=args.seed)
+    fit_seconds = time.perf_counter() - start
+    if args.save_gate:
+        gate.save(args.save_gate)
+
+    questions, domains = held_out(args.data, list(experts))
+    heldout = evaluate(gate, questions, domains, top_k=args.top_k)
+    boundary_path = args.data / GENERAL / "boundary.jsonl"
+    boundary = evaluate(gate, *load_labelled(boundary_path), top_k=args.top_k) if boundary_path.exists() else None
+
+    result = {
+        "encoder": encoder.name,
+        "train": {"experts": {k: len(v) for k, v in experts.items()}, GENERAL: len(general),
+                  "fit_seconds": round(fit_seconds, 2), "report": gate.report.to_json()},
+        "summary": {
+            "domain_accuracy": heldout["domain_accuracy"],
+            "general_fallback_rate": heldout["recall"].get(GENERAL),
+            "accuracy": heldout["accuracy"],
+            "macro_f1": heldout["macro_f1"],
+            "ece": heldout["ece"],
+            "boundary_accuracy": boundary["accuracy"] if boundary else None,
+        },
+        "heldout": heldout,
+        "boundary": boundary,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result if args.json else result["summary"], indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""The learned gate: embed a question, score every class, and decide which experts answer it."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from router.atomic import atomic_write
+from router.cache import EmbeddingCache
+from router.calibration import softmax
+from router.decision import GENERAL, RoutingDecision, check_top_k, decide
+from router.encoder import Encoder
+from router.training import FitReport, LinearGate, fit_linear, training_hash, training_set
+
+WEIGHTS_FILE = "gate.safetensors"
+CONFIG_FILE = "gate.json"
+FORMAT_VERSION = 1
+
+
+class Gate:
+    """Logistic regression over L2-normalised sentence embeddings, temperature-calibrated, with a held-out threshold.
+
+    Classes are the experts plus "general" (answer with the base model). Build with `Gate.fit` or `Gate.load`.
+    """
+
+    def __init__(self, linear: LinearGate, encoder: Encoder, *, min_weight: float, data_hash: str) -> None:
+        if not 0.0 <= min_weight < 1.0:
+            raise ValueError(f"min_weight must be in [0, 1), got {min_weight}")
+        self.linear = linear
+        self.encoder = encoder
+        self.min_weight = min_weight
+        self.training_hash = data_hash
+
+    @classmethod
+    def fit(cls, examples: dict[str, list[str]], general: list[str], encoder: Encoder, *,
+            cache_dir: str | Path | None = None, seed: int = 0, min_weight: float = 0.1, c: float = 8.0,
+            folds: int = 5) -> Gate:
+        """Fit on each expert's training questions plus off-domain `general` ones.
+
+        With `cache_dir`, embeddings are kept there by content hash, so refitting after adding an expert
+        only encodes its questions. `folds`-fold cross-validation inside the examples sets the calibration
+        temperature and the fallback threshold; `c` is the inverse L2 regularisation strength.
+        """
+        labels, texts, y = training_set(examples, general)
+        x = EmbeddingCache(cache_dir, encoder).embed(texts) if cache_dir is not None else encoder.encode(texts)
+        linear = fit_linear(x, y, labels, c=c, folds=folds, seed=seed)
+        return cls(linear, encoder, min_weight=min_weight, data_hash=training_hash(examples, general))
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.linear.labels
+
+    @property
+    def experts(self) -> tuple[str, ...]:
+        return tuple(n for n in self.linear.labels if n != GENERAL)
+
+    @property
+    def threshold(self) -> float:
+        return self.linear.threshold
+
+    @property
+    def report(self) -> FitReport:
+        return self.linear.report
+
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        """(N, D) embeddings -> (N, C) calibrated class probabilities, columns in `labels` order."""
+        logits = x.astype(np.float64) @ self.linear.coef.T.astype(np.float64) + self.linear.intercept
+        return softmax(logits, self.linear.temperature)
+
+    def route(self, question: str, top_k: int = 2) -> RoutingDecision:
+        return self.route_batch([question], top_k)[0]
+
+    def route_batch(self, questions: list[str], top_k: int = 2) -> list[RoutingDecision]:
+        """One encoder call for the whole batch; a question longer than the encoder window is flagged truncated."""
+        check_top_k(top_k)
+        if isinstance(questions, str):
+            raise ValueError("route_batch takes a list of questions, got a single string: use route()")
+        for i, q in enumerate(questions):
+            if not isinstance(q, str) or not q.strip():
+                raise ValueError(f"question {i} is empty: give a non-empty question to route")
+        if not questions:
+            return []
+        probs = self.probabilities(self.encoder.encode(list(questions)))
+        window = self.encoder.max_tokens
+        return [
+            decide({n: float(p) for n, p in zip(self.labels, row)}, top_k=top_k, threshold=self.threshold,
+                   min_weight=self.min_weight, truncated=self.encoder.token_count(q) > window, max_tokens=window)
+            for q, row in zip(questions, probs)
+        ]
+
+    def save(self, folder: str | Path) -> None:
+        """Coefficients to safetensors, everything else to JSON; no pickle, so loading runs no code."""
+        folder = Path(folder)
+        config = {
+            "format_version": FORMAT_VERSION,
+            "labels": list(self.labels),
+            "temperature": self.linear.temperature,
+            "threshold": self.threshold,
+            "min_weight": self.min_weight,
+            "encoder": {"name": self.encoder.name, "dim": self.encoder.dim},
+            "training_hash": self.training_hash,
+            "report": self.report.to_json(),
+        }
+        atomic_write(folder / WEIGHTS_FILE, lambda p: save_file(
+            {"coef": self.linear.coef, "intercept": self.linear.intercept}, p))
+        atomic_write(folder / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n"))
+
+    @classmethod
+    def load(cls, folder: str | Path, encoder: Encoder) -> Gate:
+        folder = Path(folder)
+        if not (folder / CONFIG_FILE).exists() or not (folder / WEIGHTS_FILE).exists():
+            raise ValueError(f"{folder} holds no saved gate (expected {CONFIG_FILE} and {WEIGHTS_FILE})")
+        config = json.loads((folder / CONFIG_FILE).read_text())
+        if config.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{folder}: gate format {config.get('format_version')!r}, expected {FORMAT_VERSION}")
+        saved = config["encoder"]
+        if (saved["name"], saved["dim"]) != (encoder.name, encoder.dim):
+            raise ValueError(f"gate in {folder} was fit with encoder {saved['name']!r} ({saved['dim']}-dim), "
+                             f"not {encoder.name!r} ({encoder.dim}-dim): refit it")
+        tensors = load_file(folder / WEIGHTS_FILE)
+        linear = LinearGate(tuple(config["labels"]), tensors["coef"], tensors["intercept"], config["temperature"],
+                            config["threshold"], FitReport(**config["report"]))
+        return cls(linear, encoder, min_weight=config["min_weight"], data_hash=config["training_hash"])
+

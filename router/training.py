@@ -1,0 +1,136 @@
+"""Fitting the gate's classifier: check the examples, fit, then calibrate and set the threshold on held-out folds."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold
+from threadpoolctl import threadpool_limits
+
+from router.calibration import expected_calibration_error, fit_temperature, softmax
+from router.decision import GENERAL
+
+MIN_PER_CLASS = 2
+
+
+@dataclass(frozen=True)
+class FitReport:
+    """How the gate did on its own held-out folds; saved with it so a refit can be compared."""
+
+    n: int
+    folds: int
+    temperature: float
+    ece_raw: float
+    ece_calibrated: float
+    threshold: float
+    heldout_balanced_accuracy: float
+
+    def to_json(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LinearGate:
+    """logits = x @ coef.T + intercept, probabilities = softmax(logits / temperature); classes in `labels` order."""
+
+    labels: tuple[str, ...]
+    coef: np.ndarray  # (C, D) float32
+    intercept: np.ndarray  # (C,) float32
+    temperature: float
+    threshold: float
+    report: FitReport
+
+
+def training_hash(examples: dict[str, list[str]], general: list[str]) -> str:
+    """sha256 of the training questions per class, independent of order: tells the app whether a refit is due."""
+    data = {name: sorted(texts) for name, texts in {**examples, GENERAL: general}.items()}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def training_set(examples: dict[str, list[str]], general: list[str]) -> tuple[tuple[str, ...], list[str], np.ndarray]:
+    """Labels (experts sorted, then "general"), all questions, and their (N,) class indices; ValueError on bad input."""
+    if not isinstance(examples, dict) or not examples:
+        raise ValueError("the gate needs at least 2 classes: give at least one expert besides general")
+    for name, texts in examples.items():
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"expert names must be non-empty strings, got {name!r}")
+        if name.strip().lower() == GENERAL:
+            raise ValueError(f"{name!r} is reserved for the base-model fallback; pass those questions as `general`")
+        _check_texts(f"expert {name!r}", texts)
+    _check_texts(f"{GENERAL!r} (off-domain questions)", general)
+    labels = (*sorted(examples), GENERAL)
+    texts = [t for name in labels[:-1] for t in examples[name]] + list(general)
+    y = np.repeat(np.arange(len(labels)), [len(examples[n]) for n in labels[:-1]] + [len(general)])
+    return labels, texts, y
+
+
+def _check_texts(what: str, texts: list[str]) -> None:
+    if not isinstance(texts, (list, tuple)) or len(texts) == 0:
+        raise ValueError(f"{what} has no questions")
+    if len(texts) < MIN_PER_CLASS:
+        raise ValueError(f"{what} has {len(texts)} question; at least {MIN_PER_CLASS} are needed to hold some out")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str) or not t.strip():
+            raise ValueError(f"{what}: question {i} is empty or not a string")
+
+
+def fit_linear(x: np.ndarray, y: np.ndarray, labels: tuple[str, ...], *, c: float, folds: int, seed: int) -> LinearGate:
+    """Out-of-fold logits give the temperature and the threshold; the final classifier is fit on all of `x` (N, D).
+
+    BLAS runs single-threaded here: on a small shared CPU, threads fighting over these small matrices made
+    each fit 20-50x slower.
+    """
+    with threadpool_limits(limits=1):
+        return _fit_linear(x, y, labels, c=c, folds=folds, seed=seed)
+
+
+def _fit_linear(x: np.ndarray, y: np.ndarray, labels: tuple[str, ...], *, c: float, folds: int,
+                seed: int) -> LinearGate:
+    folds = max(2, min(folds, int(np.bincount(y).min())))
+    oof = np.zeros((len(y), len(labels)))
+    for train, held in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y):
+        oof[held] = _classifier(c, seed).fit(x[train], y[train]).decision_function(x[held])
+
+    temperature = fit_temperature(oof, y)
+    ece_raw = expected_calibration_error(softmax(oof), y)
+    ece_calibrated = expected_calibration_error(softmax(oof, temperature), y)
+    if ece_calibrated >= ece_raw:
+        temperature, ece_calibrated = 1.0, ece_raw
+    threshold, score = choose_threshold(softmax(oof, temperature), y)
+
+    final = _classifier(c, seed).fit(x, y)
+    report = FitReport(len(y), folds, temperature, ece_raw, ece_calibrated, threshold, score)
+    # safetensors.numpy writes the raw buffer: a Fortran-ordered coef_ would load back scrambled.
+    coef = np.ascontiguousarray(final.coef_, dtype=np.float32)
+    intercept = np.ascontiguousarray(final.intercept_, dtype=np.float32)
+    return LinearGate(labels, coef, intercept, temperature, threshold, report)
+
+
+def _classifier(c: float, seed: int) -> LogisticRegression:
+    return LogisticRegression(C=c, class_weight="balanced", max_iter=1000, random_state=seed)
+
+
+def choose_threshold(probabilities: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """The top-expert probability under which to fall back that maximises balanced routing accuracy.
+
+    A row is right when it falls back and is general, or routes to its own expert as top-1 without falling back.
+    Balanced: the mean over classes, so a small general class weighs as much as a big expert. Ties take the
+    middle of the best range, keeping distance from both kinds of error. "general" is the last column.
+    """
+    general = probabilities.shape[1] - 1
+    experts = probabilities[:, :general]
+    top = experts.argmax(axis=1)
+    top_p = experts.max(axis=1)
+    general_wins = probabilities[:, general] >= top_p
+    candidates = np.round(np.arange(0.0, 1.0, 0.01), 2)
+    scores = []
+    for t in candidates:
+        fallback = general_wins | (top_p < t)
+        right = np.where(y == general, fallback, ~fallback & (top == y))
+        scores.append(np.mean([right[y == k].mean() for k in np.unique(y)]))
+    scores = np.asarray(scores)
+    best = np.flatnonzero(scores >= scores.max() - 1e-9)
+    return float(candidates[best[len(best) // 2]]), float(scores.max())
