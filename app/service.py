@@ -1,14 +1,25 @@
 """The composed product: question -> gate -> routing decision -> batched generation -> answer + explanation."""
 from __future__ import annotations
 
+import json
+import logging
+import threading
 import time
 import unicodedata
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
-from app.config import MAX_QUESTION_CHARS, AppConfig
-from experts.base_model import load_base_model
+from app.config import BUNDLED_EXPERTS, MAX_QUESTION_CHARS, AppConfig
+from experts.adapters import AdapterError
+from experts.base_model import default_cache_dir, load_base_model
 from experts.engine import TorchBackend
 from experts.generation import SamplingConfig, TokenCallback
+from experts.registry import Registry
+from router import Gate, LoadStats, RoutingDecision, SentenceEncoder, training_hash
+
+log = logging.getLogger("expertgate")
+GENERAL_FILE = "general.jsonl"  # off-domain questions: the gate's "no expert" class
+GATE_DIR = "gate"
 
 
 class InputError(ValueError):
@@ -27,6 +38,12 @@ def clean_question(text) -> str:
     return text
 
 
+def check_top_k(top_k: int) -> int:
+    if not isinstance(top_k, int) or not 1 <= top_k <= 4:
+        raise InputError(f"top_k must be a whole number from 1 to 4, got {top_k!r}")
+    return top_k
+
+
 @dataclass
 class Answer:
     question: str
@@ -35,6 +52,7 @@ class Answer:
     fallback: bool
     probabilities: dict[str, float]
     reason: str
+    truncated: bool
     new_tokens: int
     timings_ms: dict[str, float] = field(default_factory=dict)
 
@@ -42,29 +60,105 @@ class Answer:
         return asdict(self)
 
 
+def general_questions(experts_dir: Path) -> list[str]:
+    """The experts folder's own off-domain questions, else the bundled ones."""
+    path = experts_dir / GENERAL_FILE
+    path = path if path.is_file() else BUNDLED_EXPERTS / GENERAL_FILE
+    return [json.loads(line)["question"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 class ExpertGate:
-    """Owns the backend (base model + experts) and answers batches of questions."""
+    """Owns the backend (base model + experts), the gate and the load statistics."""
 
     def __init__(self, config: AppConfig):
         self.config = config
         started = time.perf_counter()
         self.base = load_base_model(config.base_model, device=config.device, cache_dir=config.cache_dir)
         self.backend = TorchBackend(self.base)
+        self.registry = Registry(config.experts_dir)
+        self.encoder = SentenceEncoder()
+        self.stats = LoadStats()
+        self.warnings: list[str] = []
+        self._refit_lock = threading.Lock()
+        for name in self.registry.names():
+            self._load_expert(name)
+        self.gate = self._fit_gate()
         self.load_ms = (time.perf_counter() - started) * 1000
+
+    def _load_expert(self, name: str) -> None:
+        """A broken adapter disables only that expert, with a warning everyone can see."""
+        try:
+            self.backend.add_expert(name, self.registry.folder(name))
+        except (AdapterError, OSError, ValueError) as err:
+            message = f"expert {name!r} is disabled: {err}"
+            log.warning(message)
+            self.warnings.append(message)
+
+    def _fit_gate(self) -> Gate | None:
+        """Loads the saved gate when it was fit on exactly these experts' questions, else refits and saves it."""
+        experts = {name: self.registry.questions(name) for name in self.backend.experts()}
+        self.stats.set_experts(list(experts))
+        if not experts:
+            return None
+        general = general_questions(self.config.experts_dir)
+        folder = self.config.experts_dir / GATE_DIR
+        try:
+            gate = Gate.load(folder, self.encoder)
+            if gate.training_hash == training_hash(experts, general):
+                return gate
+        except (ValueError, OSError, KeyError):
+            pass  # absent, stale or unreadable: refit below
+        cache = (self.config.cache_dir or default_cache_dir()) / "router"
+        gate = Gate.fit(experts, general, self.encoder, cache_dir=cache)
+        try:
+            gate.save(folder)
+        except OSError as err:
+            log.warning("could not save the refit gate to %s: %s", folder, err)
+        return gate
+
+    def refresh(self) -> None:
+        """Picks up experts added to or removed from the registry, then refits the gate."""
+        with self._refit_lock:
+            registered = set(self.registry.names())
+            for name in set(self.backend.experts()) - registered:
+                self.backend.remove_expert(name)
+            for name in sorted(registered - set(self.backend.experts())):
+                self._load_expert(name)
+            self.gate = self._fit_gate()
+
+    def remove_expert(self, name: str) -> None:
+        self.registry.remove(name)
+        self.refresh()
+
+    def route(self, questions: list[str], top_k: int | None = None) -> list[RoutingDecision | None]:
+        """None for every question while no expert is loaded."""
+        questions = [clean_question(q) for q in questions]
+        top_k = check_top_k(top_k or self.config.top_k)
+        gate = self.gate
+        return gate.route_batch(questions, top_k) if gate else [None] * len(questions)
 
     def ask(self, questions: list[str], *, top_k: int | None = None, max_new_tokens: int | None = None,
             callback: TokenCallback | None = None) -> list[Answer]:
         questions = [clean_question(q) for q in questions]
-        sampling = SamplingConfig(max_new_tokens=max_new_tokens or self.config.max_new_tokens)
+        try:
+            sampling = SamplingConfig(max_new_tokens=max_new_tokens or self.config.max_new_tokens)
+        except ValueError as err:
+            raise InputError(str(err)) from None
         started = time.perf_counter()
-        routes = [()] * len(questions)
+        decisions = self.route(questions, top_k)
         route_ms = (time.perf_counter() - started) * 1000
+        for decision in decisions:
+            if decision is not None:
+                self.stats.record(decision)
+        routes = [tuple((c.name, c.weight) for c in d.experts) if d else () for d in decisions]
         started = time.perf_counter()
         outputs = self.backend.generate(questions, routes, sampling, callback)
         generate_ms = (time.perf_counter() - started) * 1000
-        return [
-            Answer(question=q, answer=out.text, experts=[], fallback=True, probabilities={},
-                   reason="no experts are loaded: the base model answers", new_tokens=out.new_tokens,
-                   timings_ms={"route": round(route_ms, 1), "generate": round(generate_ms, 1)})
-            for q, out in zip(questions, outputs)
-        ]
+        answers = []
+        for question, decision, out in zip(questions, decisions, outputs):
+            explained = decision.to_json() if decision else {
+                "experts": [], "fallback": True, "probabilities": {}, "truncated": False,
+                "reason": "no experts are loaded: the base model answers"}
+            answers.append(Answer(question=question, answer=out.text, new_tokens=out.new_tokens, **explained,
+                                  timings_ms={"route": round(route_ms, 1), "generate": round(generate_ms, 1)}))
+        return answers
