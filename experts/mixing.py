@@ -1,14 +1,20 @@
 """Per-row sparse LoRA mixing inside one batched forward pass.
 
-Every adapted linear stacks all experts' A matrices under the base weight, so the base projection
-and every expert's rank-space projection are one GEMM; the per-row gate then zeroes or weights the
-rank columns, and one `addmm` with the stacked B matrices adds the mix. A weighted top-k mix is a
-single LoRA of rank sum(r_e) per row, so top-2 costs what top-1 costs. We measured the alternatives
-(gathering each row's adapters, sorting rows into per-expert segments): at 4-8 experts of rank 16 on
-this model their index and copy work costs more than the FLOPs they save (see bench/mixing.py).
+Semantics, for every adapted linear and batch row b:
+    y[b] = W x[b] + sum_k g[b,k] * s_e * B_e A_e x[b],   e = idx[b,k],  k <= 4
+A row with no expert gets exactly W x[b].
+
+How: sibling projections that read the same input (q/k/v; gate/up) form one `FusedProjections`
+group. Its weight stacks the members' base weights and every expert's A matrices,
+    fused = [W_q; W_k; W_v; A_(q,e1); A_(k,e1); ...]      (D + R, d_in)
+so the base projections and all experts' rank-space projections are a single GEMM. The per-row gate
+then weights the rank columns, z = (A x) * gate, and one `addmm` per member adds B z. A weighted
+top-k mix is one LoRA of rank sum(r_e) per row, so top-2 costs what top-1 costs. Gathering each row's
+own adapters or sorting rows into per-expert segments cost more than they save at this model size
+(see bench/mixing.py and PLATFORM.md's figures).
 
 Routing is explicit data: `LoraMixer.routing(rows)` takes one list of (expert, weight) pairs per batch
-row for the duration of one generate call.
+row, for the duration of one generate call.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ from torch import nn
 from experts.adapters import Adapter
 
 MAX_TOP_K = 4
+SHARED_INPUT_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 RowRoute = Sequence[tuple[str, float]]
 """One batch row's experts and weights; empty means the plain base model."""
 
@@ -35,83 +42,146 @@ class RoutingError(ValueError):
 
 @dataclass
 class MixState:
-    """What every mixing layer reads during one forward pass: the rank-space gate per column layout."""
+    """What every group reads during one forward pass: the rank-space gate per column layout."""
 
     gates: dict[tuple, torch.Tensor] = field(default_factory=dict)  # layout -> (B, R)
     active: bool = False
 
 
-class MixedLoraLinear(nn.Module):
-    """A linear layer whose rows each add their own weighted mix of LoRA experts.
+@dataclass(frozen=True)
+class Block:
+    """One expert's LoRA on one member of a group."""
 
-    Semantics: y[b] = W x[b] + sum_k g[b,k] * s_e * B_e A_e x[b], with e = idx[b,k], k <= 4.
-    Shapes: fused (d_out + R, d_in) = [W; A_1; ...; A_E], B_cat (d_out, R), gate (B, R), R = sum_e r_e.
-    A row whose gate is all zero gets W x; a batch with no expert at all takes the plain F.linear path.
+    member: int
+    expert: str
+    scale: float
+    A: torch.Tensor  # (r, d_in)
+    B: torch.Tensor  # (d_out, r)
+
+
+class FusedProjections(nn.Module):
+    """Linears that read the same input, computed together with every expert's A projection.
+
+    Shapes: fused (D + R, d_in), D = sum of members' d_out, R = sum of block ranks; B[i] (d_out_i, R_i);
+    the layout lists (member, expert, rank, scale) per block, ordered by member.
     """
 
-    def __init__(self, base: nn.Linear, state: MixState):
+    def __init__(self, linears: list[nn.Linear], state: MixState):
         super().__init__()
-        self.in_features, self.out_features = base.in_features, base.out_features
         self.state = state
-        self.bias = base.bias
-        self.fused = base.weight.detach()
-        self.B_cat = base.weight.new_zeros(self.out_features, 0)
-        self.layout: tuple[tuple[str, int, float], ...] = ()  # (expert, rank, scale) per stacked block
+        self.sizes = [m.out_features for m in linears]
+        self.biases = [m.bias for m in linears]
+        self.fused = torch.cat([m.weight.detach() for m in linears], dim=0)
+        self.layout: tuple[tuple[int, str, int, float], ...] = ()
+        self._set_b([])
+        self._input = self._outputs = None
+        self._pending: set[int] = set()
 
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.fused[: self.out_features]
+    def output(self, x: torch.Tensor, member: int) -> torch.Tensor:
+        """Member `member`'s output; the first member called with `x` computes all of them."""
+        if self._input is not x:
+            self._input, self._outputs, self._pending = x, self._compute(x), set(range(len(self.sizes)))
+        out = self._outputs[member]
+        self._pending.discard(member)
+        if not self._pending:
+            self._input = self._outputs = None
+        return out
+
+    def _compute(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """x: (B, T, d_in) -> one (B, T, d_out_i) per member"""
+        total = sum(self.sizes)
+        if not self.layout or not self.state.active:
+            outs = list(F.linear(x, self.fused[:total]).split(self.sizes, dim=-1))
+        else:
+            h = F.linear(x, self.fused)  # (B, T, D + R)
+            y, z = h.split([total, h.shape[-1] - total], dim=-1)
+            z = (z * self.state.gates[self.layout][:, None, :]).reshape(-1, z.shape[-1])
+            outs = list(y.reshape(-1, total).split(self.sizes, dim=-1))
+            for i, (start, stop) in enumerate(self._columns):
+                if stop > start:
+                    outs[i] = torch.addmm(outs[i], z[:, start:stop], self.B[i].t())
+            outs = [o.view(*x.shape[:-1], o.shape[-1]) for o in outs]
+        return [o if b is None else o + b for o, b in zip(outs, self.biases)]
+
+    def blocks(self) -> list[Block]:
+        total, out = sum(self.sizes), []
+        row, cols = total, [0] * len(self.sizes)
+        for member, expert, rank, scale in self.layout:
+            c = cols[member]
+            out.append(Block(member, expert, scale, self.fused[row:row + rank], self.B[member][:, c:c + rank]))
+            row, cols[member] = row + rank, c + rank
+        return out
+
+    def set_blocks(self, blocks: list[Block]) -> None:
+        """Rebuilds the stacks; the base weights are moved into the new stack, never kept twice."""
+        blocks = sorted(blocks, key=lambda b: b.member)  # stable: experts keep their order per member
+        base = self.fused[: sum(self.sizes)]
+        self.fused = torch.cat([base, *(b.A for b in blocks)], dim=0) if blocks else base.clone()
+        self.layout = tuple((b.member, b.expert, b.A.shape[0], b.scale) for b in blocks)
+        self._set_b(blocks)
+
+    def _set_b(self, blocks: list[Block]) -> None:
+        self.B, self._columns, start = [], [], 0
+        for i, size in enumerate(self.sizes):
+            mine = [b.B for b in blocks if b.member == i]
+            self.B.append(torch.cat(mine, dim=1) if mine else self.fused.new_zeros(size, 0))
+            self._columns.append((start, start + self.B[-1].shape[1]))
+            start = self._columns[-1][1]
+
+
+class Projection(nn.Module):
+    """Stands in for one nn.Linear of the base model and returns its member's slice of the group."""
+
+    def __init__(self, group: FusedProjections, member: int, in_features: int, out_features: int):
+        super().__init__()
+        object.__setattr__(self, "group", group)  # not a child: the group is owned by the mixer
+        self.member, self.in_features, self.out_features = member, in_features, out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, T, d_in) -> (B, T, d_out)"""
-        if not self.layout or not self.state.active:
-            return F.linear(x, self.weight, self.bias)
-        gate = self.state.gates[self.layout]
-        h = F.linear(x, self.fused)  # (B, T, d_out + R)
-        y, z = h.split([self.out_features, h.shape[-1] - self.out_features], dim=-1)
-        z = z * gate[:, None, :]
-        out = torch.addmm(y.reshape(-1, self.out_features), z.reshape(-1, z.shape[-1]), self.B_cat.t())
-        out = out.view(*x.shape[:-1], self.out_features)
-        return out if self.bias is None else out + self.bias
-
-    def set_blocks(self, blocks: list[tuple[str, float, torch.Tensor, torch.Tensor]]) -> None:
-        """Rebuilds the stacks from (expert, scale, A, B) blocks; the base weight is copied, never duplicated."""
-        A = [a for _, _, a, _ in blocks]
-        self.fused = torch.cat([self.weight, *A], dim=0) if A else self.weight.clone()
-        self.B_cat = torch.cat([b for *_, b in blocks], dim=1) if blocks else self.B_cat[:, :0]
-        self.layout = tuple((name, a.shape[0], scale) for name, scale, a, _ in blocks)
-
-    def blocks(self) -> list[tuple[str, float, torch.Tensor, torch.Tensor]]:
-        out, start = [], self.out_features
-        col = 0
-        for name, rank, scale in self.layout:
-            out.append((name, scale, self.fused[start:start + rank], self.B_cat[:, col:col + rank]))
-            start, col = start + rank, col + rank
-        return out
+        return self.group.output(x, self.member)
 
 
 def linear_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """The linears LoRA may adapt: every nn.Linear or mixing layer except the output head."""
+    """The linears LoRA may adapt: every nn.Linear (or its stand-in) except the output head."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     return {name: m for name, m in model.named_modules()
-            if isinstance(m, (nn.Linear, MixedLoraLinear)) and m is not head}
+            if isinstance(m, (nn.Linear, Projection)) and m is not head}
+
+
+def _groups(linears: dict[str, nn.Linear]) -> list[list[str]]:
+    """Module names grouped by shared input: SHARED_INPUT_GROUPS siblings, every other linear alone."""
+    groups, taken = [], set()
+    for name in linears:
+        parent, _, child = name.rpartition(".")
+        for pattern in SHARED_INPUT_GROUPS:
+            siblings = [f"{parent}.{c}" if parent else c for c in pattern]
+            if child == pattern[0] and all(s in linears for s in siblings) \
+                    and len({linears[s].in_features for s in siblings}) == 1:
+                groups.append(siblings)
+                taken.update(siblings)
+    return groups + [[name] for name in linears if name not in taken]
 
 
 class LoraMixer:
-    """Owns the mixing layers of one base model and the set of experts stacked in them."""
+    """Owns the fused projection groups of one base model and the set of experts stacked in them."""
 
     def __init__(self, model: nn.Module):
-        self.model = model
         self.state = MixState()
-        self.layers: dict[str, MixedLoraLinear] = {}
+        self.layers: dict[str, Projection] = {}
+        self.groups: list[FusedProjections] = []
         self.experts: dict[str, int] = {}  # name -> parameter count
         self._forward_lock = threading.Lock()  # one batch at a time; edits wait for the batch in flight
         self._edit_lock = threading.Lock()
-        for name, module in linear_modules(model).items():
-            if isinstance(module, nn.Linear):
-                parent_name, _, child = name.rpartition(".")
-                layer = MixedLoraLinear(module, self.state)
-                setattr(model.get_submodule(parent_name), child, layer)
+        linears = linear_modules(model)
+        if any(isinstance(m, Projection) for m in linears.values()):
+            raise RoutingError("this model already has a LoraMixer")
+        for names in _groups(linears):
+            group = FusedProjections([linears[n] for n in names], self.state)
+            self.groups.append(group)
+            for member, name in enumerate(names):
+                parent, _, child = name.rpartition(".")
+                layer = Projection(group, member, linears[name].in_features, linears[name].out_features)
+                setattr(model.get_submodule(parent), child, layer)
                 self.layers[name] = layer
 
     def add(self, adapter: Adapter) -> None:
@@ -122,10 +192,15 @@ class LoraMixer:
             unknown = sorted(set(adapter.layers) - set(self.layers))
             if unknown:
                 raise RoutingError(f"expert {adapter.name!r} targets layers this model lacks: {unknown[:3]}")
+            new: dict[int, list[Block]] = {}
+            for module, pair in adapter.layers.items():
+                layer = self.layers[module]
+                new.setdefault(id(layer.group), []).append(Block(layer.member, adapter.name, pair.scale,
+                                                                 pair.A, pair.B))
             with self._forward_lock:
-                for module, pair in adapter.layers.items():
-                    layer = self.layers[module]
-                    layer.set_blocks(layer.blocks() + [(adapter.name, pair.scale, pair.A, pair.B)])
+                for group in self.groups:
+                    if id(group) in new:
+                        group.set_blocks(group.blocks() + new[id(group)])
                 self.experts[adapter.name] = adapter.num_parameters
 
     def remove(self, name: str) -> None:
@@ -133,9 +208,9 @@ class LoraMixer:
             if name not in self.experts:
                 raise RoutingError(f"unknown expert {name!r}; loaded: {sorted(self.experts)}")
             with self._forward_lock:
-                for layer in self.layers.values():
-                    if any(block[0] == name for block in layer.layout):
-                        layer.set_blocks([b for b in layer.blocks() if b[0] != name])
+                for group in self.groups:
+                    if any(entry[1] == name for entry in group.layout):
+                        group.set_blocks([b for b in group.blocks() if b.expert != name])
                 del self.experts[name]
 
     def check(self, rows: Sequence[RowRoute]) -> None:
@@ -163,6 +238,7 @@ class LoraMixer:
                 self.state.gates, self.state.active = {}, False
 
     def _gates(self, rows: Sequence[RowRoute]) -> dict[tuple, torch.Tensor]:
+        """(B, R) gate per distinct layout: column c carries weight(row, expert of c) * scale of c."""
         names = sorted(self.experts)
         index = {name: i for i, name in enumerate(names)}
         weights = torch.zeros(len(rows), len(names))
@@ -170,9 +246,9 @@ class LoraMixer:
             for name, w in row:
                 weights[b, index[name]] = w
         gates = {}
-        for layer in self.layers.values():
-            if layer.layout and layer.layout not in gates:
-                cols = torch.tensor([index[n] for n, r, _ in layer.layout for _ in range(r)], dtype=torch.long)
-                scale = torch.tensor([s for _, r, s in layer.layout for _ in range(r)])
-                gates[layer.layout] = (weights[:, cols] * scale).to(layer.fused.device, layer.fused.dtype)
+        for group in self.groups:
+            if group.layout and group.layout not in gates:
+                cols = torch.tensor([index[e] for _, e, r, _ in group.layout for _ in range(r)], dtype=torch.long)
+                scale = torch.tensor([s for _, _, r, s in group.layout for _ in range(r)])
+                gates[group.layout] = (weights[:, cols] * scale).to(group.fused.device, group.fused.dtype)
         return gates

@@ -187,14 +187,22 @@ def test_request_in_flight_keeps_its_experts(backend):
     assert [o.token_ids for o in got] == [o.token_ids for o in expected]
 
 
-def test_added_expert_costs_only_its_own_parameters(tiny_base, adapters):
+def test_added_expert_costs_only_its_own_parameters(tiny_base, tiny_model_dir, adapters):
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    linear_params = sum(m.weight.numel() for n, m in plain.named_modules()
+                        if isinstance(m, torch.nn.Linear) and m is not plain.get_output_embeddings())
     backend = TorchBackend(tiny_base)
-    held = lambda: sum(l.fused.numel() + l.B_cat.numel() for l in backend.mixer.layers.values())  # noqa: E731
-    before = held()
+    held = lambda: sum(g.fused.numel() + sum(b.numel() for b in g.B) for g in backend.mixer.groups)  # noqa: E731
+    assert held() == linear_params, "the mixing groups must hold the base weights once"
     backend.add_expert("b", adapters["b"])
-    assert held() - before == backend.mixer.experts["b"]
-    layer = next(iter(backend.mixer.layers.values()))
-    assert layer.weight.data_ptr() == layer.fused.data_ptr(), "the base weight must be a view, not a copy"
+    assert held() - linear_params == backend.mixer.experts["b"]
+    backend.remove_expert("b")
+    assert held() == linear_params
+
+
+def test_shared_input_projections_are_fused(backend):
+    sizes = sorted(len(g.sizes) for g in backend.mixer.groups)
+    assert sizes == [1, 1, 1, 1, 2, 2, 3, 3], "per layer: q/k/v and gate/up fused, o and down alone"
 
 
 @pytest.mark.real_model
