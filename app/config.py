@@ -5,7 +5,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-BUNDLED_EXPERTS = Path(__file__).resolve().parent.parent / "experts" / "bundled"
+from experts import BUNDLED_DIR
+
 MAX_QUESTION_CHARS = 4000
 
 
@@ -13,7 +14,7 @@ MAX_QUESTION_CHARS = 4000
 class AppConfig:
     base_model: str | None = field(default_factory=lambda: os.environ.get("EXPERTGATE_BASE_MODEL") or None)
     device: str | None = field(default_factory=lambda: os.environ.get("EXPERTGATE_DEVICE") or None)
-    experts_dir: Path = field(default_factory=lambda: Path(os.environ.get("EXPERTGATE_EXPERTS_DIR") or BUNDLED_EXPERTS))
+    experts_dir: Path = field(default_factory=lambda: Path(os.environ.get("EXPERTGATE_EXPERTS_DIR") or BUNDLED_DIR))
     cache_dir: Path | None = field(default_factory=lambda: Path(os.environ["EXPERTGATE_CACHE"]) if os.environ.get("EXPERTGATE_CACHE") else None)
     top_k: int = 2
     max_new_tokens: int = 160

@@ -1,25 +1,26 @@
 """The composed product: question -> gate -> routing decision -> batched generation -> answer + explanation."""
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 import unicodedata
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
-from app.config import BUNDLED_EXPERTS, MAX_QUESTION_CHARS, AppConfig
+from app.config import MAX_QUESTION_CHARS, AppConfig
+from app.gating import load_or_fit_gate
 from experts.adapters import AdapterError
-from experts.base_model import default_cache_dir, load_base_model
+from experts.base_model import load_base_model
 from experts.engine import TorchBackend
 from experts.generation import SamplingConfig, TokenCallback
 from experts.registry import Registry
-from router import Gate, LoadStats, RoutingDecision, SentenceEncoder, training_hash
+from router import Gate, LoadStats, RoutingDecision, SentenceEncoder
 
 log = logging.getLogger("expertgate")
-GENERAL_FILE = "general.jsonl"  # off-domain questions: the gate's "no expert" class
-GATE_DIR = "gate"
+
+
+NO_EXPERTS_DECISION = {"experts": [], "fallback": True, "probabilities": {}, "truncated": False,
+                       "reason": "no experts are loaded: the base model answers"}
 
 
 class InputError(ValueError):
@@ -60,13 +61,6 @@ class Answer:
         return asdict(self)
 
 
-def general_questions(experts_dir: Path) -> list[str]:
-    """The experts folder's own off-domain questions, else the bundled ones."""
-    path = experts_dir / GENERAL_FILE
-    path = path if path.is_file() else BUNDLED_EXPERTS / GENERAL_FILE
-    return [json.loads(line)["question"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 class ExpertGate:
     """Owns the backend (base model + experts), the gate and the load statistics."""
 
@@ -78,7 +72,7 @@ class ExpertGate:
         self.registry = Registry(config.experts_dir)
         self.encoder = SentenceEncoder()
         self.stats = LoadStats()
-        self.warnings: list[str] = []
+        self._disabled: dict[str, str] = {}  # expert name -> why it could not be loaded
         self._refit_lock = threading.Lock()
         for name in self.registry.names():
             self._load_expert(name)
@@ -89,37 +83,27 @@ class ExpertGate:
         """A broken adapter disables only that expert, with a warning everyone can see."""
         try:
             self.backend.add_expert(name, self.registry.folder(name))
+            self._disabled.pop(name, None)
         except (AdapterError, OSError, ValueError) as err:
             message = f"expert {name!r} is disabled: {err}"
             log.warning(message)
-            self.warnings.append(message)
+            self._disabled[name] = message
+
+    @property
+    def warnings(self) -> list[str]:
+        """One line per registered expert that could not be loaded."""
+        return list(self._disabled.values())
 
     def _fit_gate(self) -> Gate | None:
-        """Loads the saved gate when it was fit on exactly these experts' questions, else refits and saves it."""
-        experts = {name: self.registry.questions(name) for name in self.backend.experts()}
-        self.stats.set_experts(list(experts))
-        if not experts:
-            return None
-        general = general_questions(self.config.experts_dir)
-        folder = self.config.experts_dir / GATE_DIR
-        try:
-            gate = Gate.load(folder, self.encoder)
-            if gate.training_hash == training_hash(experts, general):
-                return gate
-        except (ValueError, OSError, KeyError):
-            pass  # absent, stale or unreadable: refit below
-        cache = (self.config.cache_dir or default_cache_dir()) / "router"
-        gate = Gate.fit(experts, general, self.encoder, cache_dir=cache)
-        try:
-            gate.save(folder)
-        except OSError as err:
-            log.warning("could not save the refit gate to %s: %s", folder, err)
-        return gate
+        names = self.backend.experts()
+        self.stats.set_experts(names)
+        return load_or_fit_gate(self.registry, names, self.encoder, self.config.cache_dir)
 
     def refresh(self) -> None:
         """Picks up experts added to or removed from the registry, then refits the gate."""
         with self._refit_lock:
             registered = set(self.registry.names())
+            self._disabled = {n: m for n, m in self._disabled.items() if n in registered}
             for name in set(self.backend.experts()) - registered:
                 self.backend.remove_expert(name)
             for name in sorted(registered - set(self.backend.experts())):
@@ -156,9 +140,7 @@ class ExpertGate:
         generate_ms = (time.perf_counter() - started) * 1000
         answers = []
         for question, decision, out in zip(questions, decisions, outputs):
-            explained = decision.to_json() if decision else {
-                "experts": [], "fallback": True, "probabilities": {}, "truncated": False,
-                "reason": "no experts are loaded: the base model answers"}
+            explained = decision.to_json() if decision else dict(NO_EXPERTS_DECISION)
             answers.append(Answer(question=question, answer=out.text, new_tokens=out.new_tokens, **explained,
                                   timings_ms={"route": round(route_ms, 1), "generate": round(generate_ms, 1)}))
         return answers

@@ -1,0 +1,44 @@
+"""The gate's life cycle in an experts folder: reuse the saved gate while its training questions are unchanged."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from experts import BUNDLED_DIR
+from experts.base_model import default_cache_dir
+from experts.rebuild import GENERAL_FILE
+from experts.registry import Registry
+from router import Encoder, Gate, training_hash
+
+log = logging.getLogger("expertgate")
+GATE_DIR = "gate"
+
+
+def general_questions(experts_dir: Path) -> list[str]:
+    """The experts folder's own off-domain questions, else the bundled ones."""
+    path = experts_dir / GENERAL_FILE
+    path = path if path.is_file() else BUNDLED_DIR / GENERAL_FILE
+    return [json.loads(line)["question"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def load_or_fit_gate(registry: Registry, names: list[str], encoder: Encoder,
+                     cache_dir: Path | None = None) -> Gate | None:
+    """A gate over `names` (registered experts); None when there are none. A refit is saved for the next start."""
+    if not names:
+        return None
+    experts = {name: registry.questions(name) for name in names}
+    general = general_questions(registry.root)
+    folder = registry.root / GATE_DIR
+    try:
+        gate = Gate.load(folder, encoder)
+        if gate.training_hash == training_hash(experts, general):
+            return gate
+    except (ValueError, OSError, KeyError):
+        pass  # absent, stale or unreadable: refit below
+    gate = Gate.fit(experts, general, encoder, cache_dir=(cache_dir or default_cache_dir()) / "router")
+    try:
+        gate.save(folder)
+    except OSError as err:
+        log.warning("could not save the refit gate to %s: %s", folder, err)
+    return gate
