@@ -124,10 +124,11 @@ def main() -> None:
         peft_model.load_adapter(path, adapter_name=name)
     sampling = SamplingConfig(max_new_tokens=args.new_tokens, stop_at_eos=False)
 
-    def run_ours(batch, k):
+    def run_ours(batch, k, fuse_base=True):
         routes = [tuple((EXPERTS[(b + j) % 4], 1.0 / k) for j in range(k)) for b in range(batch)]
 
         def run(p):
+            ours.mixer.state.fuse_base = fuse_base
             with ours.mixer.routing(routes):
                 generate(ours.base.model, tokenizer, p, sampling)
         return run
@@ -145,6 +146,8 @@ def main() -> None:
             "base": lambda p: generate(plain, tokenizer, p, sampling),
             "ours_top1": run_ours(batch, 1),
             "ours_top2": run_ours(batch, 2),
+            "ours_top1_unfused": run_ours(batch, 1, fuse_base=False),
+            "ours_top2_unfused": run_ours(batch, 2, fuse_base=False),
             "peft_mixed": run_peft(batch, single=False),
             "peft_single": run_peft(batch, single=True),
         }

@@ -46,6 +46,7 @@ class MixState:
 
     gates: dict[tuple, torch.Tensor] = field(default_factory=dict)  # layout -> (B, R)
     active: bool = False
+    fuse_base: bool = True  # one GEMM for [W; A]; False runs W x and A x as two GEMMs on views of the stack
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,11 @@ class FusedProjections(nn.Module):
         if not self.layout or not self.state.active:
             outs = list(F.linear(x, self.fused[:total]).split(self.sizes, dim=-1))
         else:
-            h = F.linear(x, self.fused)  # (B, T, D + R)
-            y, z = h.split([total, h.shape[-1] - total], dim=-1)
+            if self.state.fuse_base:
+                h = F.linear(x, self.fused)  # (B, T, D + R)
+                y, z = h.split([total, h.shape[-1] - total], dim=-1)
+            else:
+                y, z = F.linear(x, self.fused[:total]), F.linear(x, self.fused[total:])
             z = (z * self.state.gates[self.layout][:, None, :]).reshape(-1, z.shape[-1])
             outs = list(y.reshape(-1, total).split(self.sizes, dim=-1))
             for i, (start, stop) in enumerate(self._columns):

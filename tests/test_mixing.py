@@ -124,7 +124,9 @@ def test_rows_without_expert_equal_plain_base(backend, tiny_model_dir):
     [(("a", 0.7), ("b", 0.3)), (("b", 0.5), ("c", 0.5)), (("a", 0.2), ("c", 0.8)), ()],
     [(("a", 0.4), ("b", 0.3), ("c", 0.3)), (("c", 1.0),), (("b", 0.9), ("a", 0.1)), (("a", 0.5), ("b", 0.5))],
 ])
-def test_weighted_rows_equal_merged_weights(backend, peft_model, tiny_model_dir, rows):
+@pytest.mark.parametrize("fuse_base", [True, False])
+def test_weighted_rows_equal_merged_weights(backend, peft_model, tiny_model_dir, rows, fuse_base):
+    backend.mixer.state.fuse_base = fuse_base
     questions = QUESTIONS[: len(rows)]
     ours = our_logits(backend, questions, rows)
     mask = batch(backend.base.tokenizer, questions)["attention_mask"]
