@@ -98,6 +98,19 @@ def memory_per_expert(adapters: list[Path]) -> dict:
     return {"per_expert": rows, "max_ratio": max(r["ratio"] for r in rows)}
 
 
+def profile(fn, batch_prompts, top: int = 8) -> dict:
+    """Self CPU time of the most expensive ops over one generate call, in milliseconds."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn(batch_prompts)
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) / 1000
+    return {"total_ms": round(total, 1),
+            "ops": {e.key: {"ms": round(e.self_cpu_time_total / 1000, 1), "calls": e.count} for e in events[:top]}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true")
@@ -106,6 +119,7 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--out", type=Path, default=Path("bench/results/mixing.json"))
+    parser.add_argument("--profile", action="store_true", help="also profile one batch of base and ours_top1 by op")
     args = parser.parse_args()
     torch.manual_seed(0)
     from peft import PeftModel
@@ -169,6 +183,10 @@ def main() -> None:
             "tokens_per_s": {n: round(tokens / statistics.median(t), 1) for n, t in times.items()},
             "seconds": {n: [round(x, 3) for x in t] for n, t in times.items()},
         }
+    if args.profile:
+        batch = max(args.batches)
+        results["profile"] = {name: profile(fn, prompts(tokenizer, batch))
+                              for name, fn in [("base", configs["base"]), ("ours_top1", run_ours(batch, 1))]}
     largest = results[f"batch_{max(args.batches)}"]["tokens_per_s"]
     report = {
         "setup": {"experts": len(EXPERTS), "rank": args.rank, "new_tokens": args.new_tokens, "rounds": args.rounds,
