@@ -26,6 +26,12 @@ _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
 _STAGING_PREFIX = ".staging-"
 
 
+def _make_readable(path: Path) -> None:
+    """mkstemp/mkdtemp create owner-only (0600/0700) entries; registered experts are readable by all, like a checkout."""
+    for entry in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        os.chmod(entry, 0o755 if entry.is_dir() else 0o644)
+
+
 class RegistryError(ValueError):
     """A registry change was refused; nothing was modified."""
 
@@ -81,6 +87,7 @@ class Registry:
                 handle.write("\n")
                 handle.flush()
                 os.fsync(handle.fileno())
+            _make_readable(Path(temp))
             os.replace(temp, self.root / REGISTRY_FILE)
         except BaseException:
             Path(temp).unlink(missing_ok=True)
@@ -136,6 +143,7 @@ class Registry:
             raise RegistryError(f"staged expert {staged} lacks {', '.join(missing)}")
         entries = self._entries()
         target = self.root / name
+        _make_readable(staged)
         os.replace(staged, target)
         try:
             self._write(entries + [{"name": name, "folder": name}])

@@ -103,3 +103,11 @@ def test_corrupt_registry_file(tmp_path):
     (tmp_path / REGISTRY_FILE).write_text('{"version": 1, "experts": [{"name": 3}]}')
     with pytest.raises(RegistryError, match="must hold"):
         Registry(tmp_path).names()
+
+
+def test_registered_files_are_readable_by_all(tmp_path):
+    registry = Registry(tmp_path)
+    registry.add("med", stage(registry))
+    assert (tmp_path / "med").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "med" / "expert.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / REGISTRY_FILE).stat().st_mode & 0o777 == 0o644
