@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from experts.data import Example
 from experts.prompt import chat_example
@@ -127,17 +128,23 @@ def eval_matrix(base, registry, data_root: Path, *, extra: Path | None = None, l
     data = {row: load_eval_file(path)[:limit] for row, path in rows.items() if path.is_file()}
     model = AutoModelForCausalLM.from_pretrained(base.folder, dtype=torch.float32).to(base.device).eval()
     names = registry.names()
-    measure = dict(batch_size=batch_size, max_length=max_length)
-    result = {row: {"base": perplexity(model, base.tokenizer, examples, **measure)} for row, examples in data.items()}
-    if names:
-        model = PeftModel.from_pretrained(model, str(registry.folder(names[0])), adapter_name=names[0])
-        for name in names[1:]:
-            model.load_adapter(str(registry.folder(name)), adapter_name=name)
-        model.eval()
+    result: dict[str, dict[str, float]] = {row: {} for row in data}
+    with tqdm(total=len(data) * (1 + len(names)), desc="evaluating", unit="cell") as bar:
+        def measure(column: str) -> None:
+            for row, examples in data.items():
+                result[row][column] = perplexity(model, base.tokenizer, examples, batch_size=batch_size,
+                                                 max_length=max_length)
+                bar.update(1)
+
+        measure("base")
+        if names:
+            model = PeftModel.from_pretrained(model, str(registry.folder(names[0])), adapter_name=names[0])
+            for name in names[1:]:
+                model.load_adapter(str(registry.folder(name)), adapter_name=name)
+            model.eval()
         for name in names:
             model.set_adapter(name)
-            for row, examples in data.items():
-                result[row][name] = perplexity(model, base.tokenizer, examples, **measure)
+            measure(name)
     return {row: {col: round(value, 3) for col, value in cols.items()} for row, cols in result.items()}
 
 
