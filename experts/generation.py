@@ -66,7 +66,7 @@ def sample(logits: torch.Tensor, config: SamplingConfig, generator: torch.Genera
 def prefill(model, ids: torch.Tensor, mask: torch.Tensor, cache: DynamicCache) -> tuple[torch.Tensor, torch.Tensor]:
     """Runs the left-padded prompts; returns last-position logits (B, V) and positions (B, 1)."""
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
                 use_cache=True, logits_to_keep=1)
     return out.logits[:, -1], positions[:, -1:]
 
@@ -74,7 +74,7 @@ def prefill(model, ids: torch.Tensor, mask: torch.Tensor, cache: DynamicCache) -
 def decode_one_token(model, token: torch.Tensor, mask: torch.Tensor, position: torch.Tensor,
                      cache: DynamicCache) -> torch.Tensor:
     """token: (B,), mask: (B, T+1) including this token, position: (B, 1) -> logits (B, V)"""
-    out = model(input_ids=token[:, None], attention_mask=mask, position_ids=position, past_key_values=cache,
+    out = model(input_ids=token[:, None], attention_mask=mask, position_ids=position, cache=cache,
                 use_cache=True)
     return out.logits[:, -1]
 
