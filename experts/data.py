@@ -40,6 +40,10 @@ def _text_field(record: dict, key: str) -> str:
         raise ValueError(f"{key!r} must be text, got {type(value).__name__}")
     if not value.strip():
         raise ValueError(f"empty {key!r}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{key!r} is not valid Unicode (a lone surrogate escape such as \\ud800)") from None
     return value.strip()
 
 

@@ -2,7 +2,9 @@
 
 Every change is all-or-nothing: an expert is written into a staging folder inside the experts folder
 and moved in with one `os.replace`, and `registry.json` is rewritten through a temporary file and
-`os.replace`, so a crash leaves either the old state or the new one.
+`os.replace`, so a crash leaves either the old state or the new one. A staging folder is named after
+the process writing it, so one left by a killed process is never registered and `remove_orphans` can
+delete it without touching another process's write in progress.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ __all__ = ["ExpertInfo", "QUESTIONS_FILE", "REGISTRY_FILE", "RESERVED_NAMES", "R
 
 REGISTRY_FILE = "registry.json"
 QUESTIONS_FILE = "questions.jsonl"
-RESERVED_NAMES = frozenset({"general", "base", "__base__"})
+RESERVED_NAMES = frozenset({"general", "base", "__base__", "gate"})  # the app saves its gate in <root>/gate
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
 _STAGING_PREFIX = ".staging-"
 
@@ -30,6 +32,16 @@ def _make_readable(path: Path) -> None:
     """mkstemp/mkdtemp create owner-only (0600/0700) entries; registered experts are readable by all, like a checkout."""
     for entry in [path, *path.rglob("*")] if path.is_dir() else [path]:
         os.chmod(entry, 0o755 if entry.is_dir() else 0o644)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
 
 
 class RegistryError(ValueError):
@@ -49,7 +61,7 @@ class ExpertInfo:
 
 
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise RegistryError(f"invalid expert name {name!r}: use 1-40 lowercase letters, digits, '-' or '_', "
                             "starting with a letter")
     if name in RESERVED_NAMES:
@@ -76,6 +88,9 @@ class Registry:
                 isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("folder"), str)
                 for e in entries):
             raise RegistryError(f"{path} must hold {{\"version\": 1, \"experts\": [{{\"name\", \"folder\"}}, ...]}}")
+        outside = [e["folder"] for e in entries if not _NAME.fullmatch(e["folder"])]
+        if outside:
+            raise RegistryError(f"{path}: expert folders must be plain names inside {self.root}, got {outside}")
         return entries
 
     def _write(self, entries: list[dict]) -> None:
@@ -124,7 +139,17 @@ class Registry:
     def staging_folder(self) -> Path:
         """An empty folder on the same filesystem as the experts, so `add` can move it in atomically."""
         self.root.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=self.root))
+        return Path(tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-", dir=self.root))
+
+    def remove_orphans(self) -> list[Path]:
+        """Deletes staging folders whose writing process has died (killed mid-write); returns them."""
+        removed = []
+        for path in sorted(self.root.glob(f"{_STAGING_PREFIX}*")):
+            pid = path.name[len(_STAGING_PREFIX):].partition("-")[0]
+            if pid.isdigit() and not _process_alive(int(pid)):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+        return removed
 
     def check_new(self, name: str) -> None:
         """Refuses a bad or taken name before any expensive work starts."""
@@ -156,7 +181,7 @@ class Registry:
         """Moves the folder aside, unregisters, then deletes it: a failure before the delete restores it."""
         folder = self.folder(name)
         entries = [e for e in self._entries() if e["name"] != name]
-        trash = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=self.root)) / name
+        trash = self.staging_folder() / name
         os.replace(folder, trash)
         try:
             self._write(entries)

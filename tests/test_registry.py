@@ -111,3 +111,11 @@ def test_registered_files_are_readable_by_all(tmp_path):
     assert (tmp_path / "med").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "med" / "expert.json").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / REGISTRY_FILE).stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("folder", ["../elsewhere", "/tmp/x", "a/b", ".."])
+def test_registry_folders_must_stay_inside_the_experts_folder(tmp_path, folder):
+    """A hand-edited folder like "../x" would otherwise let `remove` delete outside the experts folder."""
+    (tmp_path / REGISTRY_FILE).write_text(json.dumps({"version": 1, "experts": [{"name": "med", "folder": folder}]}))
+    with pytest.raises(RegistryError, match="plain names"):
+        Registry(tmp_path).folder("med")
