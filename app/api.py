@@ -24,7 +24,8 @@ from dataclasses import asdict
 import gradio as gr
 
 from app.batcher import BusyError, MicroBatcher, Ticket
-from app.service import NO_EXPERTS_DECISION, Answer, ExpertGate, InputError, check_top_k, clean_question
+from app.service import (NO_EXPERTS_DECISION, Answer, ExpertGate, InputError, check_max_new_tokens, check_top_k,
+                         clean_question)
 from app.views import tokens_per_second
 from experts.adapters import AdapterError
 from experts.registry import ExpertInfo, Registry, RegistryError
@@ -48,14 +49,7 @@ def readable_experts(registry: Registry) -> list[ExpertInfo]:
 
 def queue_question(batcher: MicroBatcher, question, top_k, max_new_tokens) -> Ticket:
     """Checks the inputs and queues the question; InputError or BusyError with a message the user can act on."""
-    question = clean_question(question)
-    try:
-        top_k, max_new_tokens = int(top_k), int(max_new_tokens)
-    except (TypeError, ValueError):
-        raise InputError(f"top_k and max_new_tokens must be whole numbers, got {top_k!r}, {max_new_tokens!r}") from None
-    if not 1 <= max_new_tokens <= 4096:
-        raise InputError(f"max_new_tokens must be from 1 to 4096, got {max_new_tokens}")
-    return batcher.submit(question, check_top_k(top_k), max_new_tokens)
+    return batcher.submit(clean_question(question), check_top_k(top_k), check_max_new_tokens(max_new_tokens))
 
 
 class Api:
@@ -80,15 +74,16 @@ class Api:
     def route(self, question: str, top_k: int = 2) -> dict:
         """The gate's decision for a question, without generating: experts, weights, probabilities, reason."""
         try:
-            decision = self.service.route([question], check_top_k(int(top_k)))[0]
+            decision = self.service.route([question], check_top_k(top_k))[0]
         except (InputError, TypeError, ValueError) as err:
             raise gr.Error(str(err), print_exception=False) from None
         return decision.to_json() if decision else dict(NO_EXPERTS_DECISION)
 
     def experts(self) -> list[dict]:
-        """The registered experts with their manifest figures and their share of recent traffic."""
+        """The registered experts: manifest figures, share of recent traffic, and the warning if one is not loaded."""
         shares = self.service.stats.snapshot()["experts"]
         loaded = set(self.service.backend.experts())
+        disabled = self.service.disabled
         return [{**asdict(info), "folder": str(info.folder), "loaded": info.name in loaded,
-                 "traffic_share": shares.get(info.name, {}).get("share", 0.0)}
+                 "warning": disabled.get(info.name), "traffic_share": shares.get(info.name, {}).get("share", 0.0)}
                 for info in readable_experts(self.service.registry)]

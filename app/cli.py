@@ -6,7 +6,7 @@ import json
 import os
 import sys
 
-from app.config import AppConfig
+from app.config import MAX_NEW_TOKENS, MAX_TOP_K, AppConfig
 
 
 class _Parser(argparse.ArgumentParser):
@@ -23,6 +23,21 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def _at_most(high: int):
+    """A whole number from 1 to `high`, refused while parsing rather than after the model has loaded (ask) or never
+    (serve); `route` checks top-k itself before it loads anything."""
+    def parse(text: str) -> int:
+        value = _positive(text)
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}, got {value}")
+        return value
+    return parse
+
+
+_top_k = _at_most(MAX_TOP_K)
+_max_new_tokens = _at_most(MAX_NEW_TOKENS)
 
 
 def _model_flags(parser: argparse.ArgumentParser) -> None:
@@ -115,8 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     ask = commands.add_parser("ask", help="answer one question")
     ask.add_argument("question")
     ask.add_argument("--json", action="store_true", help="print one JSON object")
-    ask.add_argument("--max-new-tokens", type=_positive)
-    ask.add_argument("--top-k", type=_positive)
+    ask.add_argument("--max-new-tokens", type=_max_new_tokens)
+    ask.add_argument("--top-k", type=_top_k)
     _model_flags(ask)
     ask.set_defaults(run=_ask)
     _experts_commands(commands)
@@ -231,8 +246,8 @@ def _serve_command(commands) -> None:
     serve.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without --auth")
     serve.add_argument("--read-only", action="store_true", help="turn off adding and removing experts")
     serve.add_argument("--allow-edits", action="store_true", help="allow adding and removing experts off loopback")
-    serve.add_argument("--top-k", type=_positive)
-    serve.add_argument("--max-new-tokens", type=_positive)
+    serve.add_argument("--top-k", type=_top_k)
+    serve.add_argument("--max-new-tokens", type=_max_new_tokens)
     _model_flags(serve)
     serve.set_defaults(run=_serve)
 

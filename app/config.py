@@ -8,6 +8,8 @@ from pathlib import Path
 from experts import BUNDLED_DIR
 
 MAX_QUESTION_CHARS = 4000
+MAX_TOP_K = 4  # experts mixed per row, as experts.mixing allows
+MAX_NEW_TOKENS = 4096  # as experts.generation.SamplingConfig allows
 
 
 @dataclass(frozen=True)

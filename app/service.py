@@ -7,7 +7,7 @@ import time
 import unicodedata
 from dataclasses import asdict, dataclass, field
 
-from app.config import MAX_QUESTION_CHARS, AppConfig
+from app.config import MAX_NEW_TOKENS, MAX_QUESTION_CHARS, MAX_TOP_K, AppConfig
 from app.gating import load_or_fit_gate
 from experts.adapters import AdapterError
 from experts.base_model import load_base_model
@@ -39,10 +39,28 @@ def clean_question(text) -> str:
     return text
 
 
-def check_top_k(top_k: int) -> int:
-    if not isinstance(top_k, int) or not 1 <= top_k <= 4:
-        raise InputError(f"top_k must be a whole number from 1 to 4, got {top_k!r}")
-    return top_k
+def whole_number(value, what: str, high: int) -> int:
+    """An int from 1 to `high`; a JSON or slider 2.0 passes, but 2.5, True, "2" and inf are refused, not truncated."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+        raise InputError(f"{what} must be a whole number from 1 to {high}, got {value!r}")
+    return value
+
+
+def check_top_k(top_k) -> int:
+    return whole_number(top_k, "top_k", MAX_TOP_K)
+
+
+def check_max_new_tokens(max_new_tokens) -> int:
+    return whole_number(max_new_tokens, "max_new_tokens", MAX_NEW_TOKENS)
+
+
+def clean_questions(questions) -> list[str]:
+    """A bare string would otherwise be read as one question per character."""
+    if isinstance(questions, str):
+        raise InputError("questions must be a list of strings, not one string")
+    return [clean_question(q) for q in questions]
 
 
 @dataclass
@@ -74,6 +92,8 @@ class ExpertGate:
         self.stats = LoadStats()
         self._disabled: dict[str, str] = {}  # expert name -> why it could not be loaded
         self._refit_lock = threading.Lock()
+        for leftover in self.registry.remove_orphans():
+            log.warning("removed %s, left by an interrupted expert write", leftover)
         for name in self.registry.names():
             self._load_expert(name)
         self.gate = self._fit_gate()
@@ -88,6 +108,11 @@ class ExpertGate:
             message = f"expert {name!r} is disabled: {err}"
             log.warning(message)
             self._disabled[name] = message
+
+    @property
+    def disabled(self) -> dict[str, str]:
+        """Registered experts that could not be loaded: name -> warning."""
+        return dict(self._disabled)
 
     @property
     def warnings(self) -> list[str]:
@@ -116,18 +141,16 @@ class ExpertGate:
 
     def route(self, questions: list[str], top_k: int | None = None) -> list[RoutingDecision | None]:
         """None for every question while no expert is loaded."""
-        questions = [clean_question(q) for q in questions]
-        top_k = check_top_k(top_k or self.config.top_k)
+        questions = clean_questions(questions)
+        top_k = check_top_k(self.config.top_k if top_k is None else top_k)
         gate = self.gate
         return gate.route_batch(questions, top_k) if gate else [None] * len(questions)
 
     def ask(self, questions: list[str], *, top_k: int | None = None, max_new_tokens: int | None = None,
             callback: TokenCallback | None = None) -> list[Answer]:
-        questions = [clean_question(q) for q in questions]
-        try:
-            sampling = SamplingConfig(max_new_tokens=max_new_tokens or self.config.max_new_tokens)
-        except ValueError as err:
-            raise InputError(str(err)) from None
+        questions = clean_questions(questions)
+        max_new_tokens = self.config.max_new_tokens if max_new_tokens is None else max_new_tokens
+        sampling = SamplingConfig(max_new_tokens=check_max_new_tokens(max_new_tokens))
         started = time.perf_counter()
         decisions = self.route(questions, top_k)
         route_ms = (time.perf_counter() - started) * 1000
