@@ -59,8 +59,8 @@ def _positive_float(text: str) -> float:
 
 def _train_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rank", type=_positive, help="LoRA rank, alpha is 2 x rank (default 8)")
-    parser.add_argument("--epochs", type=_positive, help="at most this many passes (default 2)")
-    parser.add_argument("--lr", type=_positive_float, help="peak learning rate (default 1e-3)")
+    parser.add_argument("--epochs", type=_positive, help="at most this many passes (default 1)")
+    parser.add_argument("--lr", type=_positive_float, help="peak learning rate (default 2e-3)")
     parser.add_argument("--max-steps", type=_positive, help="stop after this many optimizer steps")
     parser.add_argument("--threads", type=_positive, help="torch threads (default: the idle cores)")
 
