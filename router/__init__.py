@@ -5,6 +5,7 @@ from router.decision import GENERAL, ExpertChoice, RoutingDecision
 from router.encoder import Encoder, SentenceEncoder
 from router.evaluation import evaluate, load_labelled
 from router.gate import Gate
+from router.lexical import Lexical
 from router.training import FitReport, training_hash
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "ExpertChoice",
     "FitReport",
     "Gate",
+    "Lexical",
     "LoadStats",
     "RoutingDecision",
     "SentenceEncoder",

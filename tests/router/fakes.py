@@ -36,6 +36,17 @@ class HashingEncoder:
         return re.findall(r"\w+", text.lower())
 
 
+class ConstantEncoder(HashingEncoder):
+    """Every question gets the same unit vector: an encoder that carries no information at all."""
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        self.calls += 1
+        self.encoded += texts
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        out[:, 0] = 1.0
+        return out
+
+
 EXAMPLES = {
     "medical": [
         "What symptoms of a heart attack should my doctor check?", "How does a doctor treat high blood pressure?",

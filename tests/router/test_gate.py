@@ -2,9 +2,11 @@ import json
 
 import numpy as np
 import pytest
+from safetensors.numpy import load_file, save_file
 
-from router import Gate, training_hash
-from tests.router.fakes import EXAMPLES, GENERAL, HashingEncoder
+from router import Gate, Lexical, training_hash
+from router.gate import FORMAT_VERSION
+from tests.router.fakes import EXAMPLES, GENERAL, ConstantEncoder, HashingEncoder
 
 
 @pytest.fixture
@@ -57,11 +59,44 @@ def test_save_load_roundtrip_without_pickle(gate, encoder, tmp_path):
     assert sorted(p.name for p in (tmp_path / "gate").iterdir()) == ["gate.json", "gate.safetensors"]
     config = json.loads((tmp_path / "gate" / "gate.json").read_text())
     assert config["encoder"]["name"] == encoder.name and config["threshold"] == gate.threshold
+    assert Lexical.from_json(config["lexical"]) == gate.lexical
     loaded = Gate.load(tmp_path / "gate", encoder)
-    questions = ["What causes migraine headaches?", "Who painted the Mona Lisa?"]
+    questions = ["What causes migraine headaches?", "Who painted the Mona Lisa?", "HELOC vs refinance?"]
+    assert np.array_equal(loaded.probabilities(questions), gate.probabilities(questions))
+    assert np.array_equal(loaded.columns, gate.columns)
     for a, b in zip(gate.route_batch(questions, 3), loaded.route_batch(questions, 3)):
         assert a == b
     assert loaded.training_hash == gate.training_hash == training_hash(EXAMPLES, GENERAL)
+
+
+def test_load_refuses_an_older_format(gate, encoder, tmp_path):
+    gate.save(tmp_path)
+    config = json.loads((tmp_path / "gate.json").read_text())
+    (tmp_path / "gate.json").write_text(json.dumps({**config, "format_version": FORMAT_VERSION - 1}))
+    with pytest.raises(ValueError, match=f"has format {FORMAT_VERSION - 1} but this version reads format "
+                                         f"{FORMAT_VERSION}: refit it"):
+        Gate.load(tmp_path, encoder)
+
+
+def test_load_refuses_weights_that_do_not_match_the_columns(gate, encoder, tmp_path):
+    gate.save(tmp_path)
+    tensors = load_file(tmp_path / "gate.safetensors")
+    save_file({**tensors, "columns": tensors["columns"][:-1].copy()}, tmp_path / "gate.safetensors")
+    with pytest.raises(ValueError, match="gate weights cover .* features, not the encoder's 256 plus"):
+        Gate.load(tmp_path, encoder)
+
+
+def test_lexical_features_route_words_the_encoder_cannot_see():
+    """With an encoder that gives every question the same vector, only the hashed n-grams can tell domains apart."""
+    blind = Gate.fit(EXAMPLES, GENERAL, ConstantEncoder(), lexical=Lexical(0.0, 0.0))
+    assert len(blind.columns) == 0
+    medical, legal = blind.probabilities(["Does my doctor treat a fever?", "Is my lease contract legal in court?"])
+    assert np.allclose(medical, legal)
+    gate = Gate.fit(EXAMPLES, GENERAL, ConstantEncoder())
+    assert gate.route("Does my doctor treat a fever?").experts[0].name == "medical"
+    assert gate.route("Is my lease contract legal in court?").experts[0].name == "legal"
+    assert gate.route("Should I invest my savings for retirement?").experts[0].name == "finance"
+    assert gate.route("Write a funny poem.").fallback
 
 
 def test_load_refuses_another_encoder(gate, tmp_path):
