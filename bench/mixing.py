@@ -138,14 +138,9 @@ def main() -> None:
         peft_model.load_adapter(path, adapter_name=name)
     sampling = SamplingConfig(max_new_tokens=args.new_tokens, stop_at_eos=False)
 
-    def run_ours(batch, k, fuse_base=True):
+    def run_ours(batch, k):
         routes = [tuple((EXPERTS[(b + j) % 4], 1.0 / k) for j in range(k)) for b in range(batch)]
-
-        def run(p):
-            ours.mixer.state.fuse_base = fuse_base
-            with ours.mixer.routing(routes):
-                generate(ours.base.model, tokenizer, p, sampling)
-        return run
+        return lambda p: ours.generate_prompts(p, routes, sampling)
 
     def run_peft(batch, single):
         names = [EXPERTS[0] if single else EXPERTS[b % 4] for b in range(batch)]
@@ -160,8 +155,6 @@ def main() -> None:
             "base": lambda p: generate(plain, tokenizer, p, sampling),
             "ours_top1": run_ours(batch, 1),
             "ours_top2": run_ours(batch, 2),
-            "ours_top1_unfused": run_ours(batch, 1, fuse_base=False),
-            "ours_top2_unfused": run_ours(batch, 2, fuse_base=False),
             "peft_mixed": run_peft(batch, single=False),
             "peft_single": run_peft(batch, single=True),
         }

@@ -51,6 +51,20 @@ class TorchBackend:
                  callback: TokenCallback | None = None) -> list[RowOutput]:
         if len(routes) != len(questions):
             raise RoutingError(f"{len(questions)} questions but {len(routes)} routes")
-        prompts = [chat_prompt(self.base.tokenizer, q) for q in questions]
-        with self.mixer.routing(routes):
-            return generate(self.base.model, self.base.tokenizer, prompts, config, callback)
+        return self.generate_prompts([chat_prompt(self.base.tokenizer, q) for q in questions], routes, config,
+                                     callback)
+
+    def generate_prompts(self, prompts: Sequence[str], routes: Sequence[RowRoute], config: SamplingConfig,
+                         callback: TokenCallback | None = None) -> list[RowOutput]:
+        """Runs the batch with rows sorted by their experts, so the mixer sees long runs; returns rows in order."""
+        order = sorted(range(len(routes)), key=lambda b: [name for name, _ in routes[b]])
+        place = [0] * len(order)
+        for i, b in enumerate(order):
+            place[b] = i
+        inner = None
+        if callback is not None:
+            def inner(step: int, tokens: list[int], done: list[bool]) -> None:
+                callback(step, [tokens[i] for i in place], [done[i] for i in place])
+        with self.mixer.routing([routes[b] for b in order]):
+            rows = generate(self.base.model, self.base.tokenizer, [prompts[b] for b in order], config, inner)
+        return [rows[i] for i in place]

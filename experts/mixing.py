@@ -4,14 +4,19 @@ Semantics, for every adapted linear and batch row b:
     y[b] = W x[b] + sum_k g[b,k] * s_e * B_e A_e x[b],   e = idx[b,k],  k <= 4
 A row with no expert gets exactly W x[b].
 
-How: sibling projections that read the same input (q/k/v; gate/up) form one `FusedProjections`
-group. Its weight stacks the members' base weights and every expert's A matrices,
-    fused = [W_q; W_k; W_v; A_(q,e1); A_(k,e1); ...]      (D + R, d_in)
-so the base projections and all experts' rank-space projections are a single GEMM. The per-row gate
-then weights the rank columns, z = (A x) * gate, and one `addmm` per member adds B z. A weighted
-top-k mix is one LoRA of rank sum(r_e) per row, so top-2 costs what top-1 costs. Gathering each row's
-own adapters or sorting rows into per-expert segments cost more than they save at this model size
-(see bench/mixing.py and PLATFORM.md's figures).
+How: the routing is cut into runs, consecutive batch rows whose k-th expert is the same. A run is a
+contiguous slice of the batch, so its LoRA term is z = A_e x[run], then one in-place `addmm_` into that
+slice of the base output. There are no gathers or scatters, and each row pays the FLOPs of its own experts
+only. Sibling projections that read the same input (q/k/v; gate/up) form a `LoraGroup`, which stacks each
+expert's A over the siblings, so one GEMM per run gives all of their z. The base linears are untouched and
+run as before, so a batch without experts is the base model, op for op.
+
+Callers sort rows by their experts (`TorchBackend` does) so that runs are long; any order is correct.
+bench/mixing.py measures this against the base model and PEFT. Alternatives measured on this CPU: stacking
+every expert and gating in rank space (one LoRA of rank sum(r_e) per row) costs every row the FLOPs of all
+loaded experts; a per-expert bmm on gathered rows pays as much for `index_add_` as it saves; fusing the
+siblings' base weights into one GEMM makes the gate/up outputs strided, and the elementwise ops after them
+slower.
 
 Routing is explicit data: `LoraMixer.routing(rows)` takes one list of (expert, weight) pairs per batch
 row, for the duration of one generate call.
@@ -21,14 +26,14 @@ from __future__ import annotations
 import math
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from experts.adapters import Adapter
+from experts.adapters import Adapter, LoraPair
 
 MAX_TOP_K = 4
 SHARED_INPUT_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
@@ -40,109 +45,113 @@ class RoutingError(ValueError):
     """A batch names unknown experts, too many experts per row, or bad weights."""
 
 
+@dataclass(frozen=True)
+class Run:
+    """Batch rows [start, stop) that have the same expert in one routing slot."""
+
+    expert: str
+    start: int
+    stop: int
+    weight: float | torch.Tensor  # one weight for the whole run, or (n, 1, 1) per row
+
+
 @dataclass
 class MixState:
-    """What every group reads during one forward pass: the rank-space gate per column layout."""
+    """What every group reads during one forward pass."""
 
-    gates: dict[tuple, torch.Tensor] = field(default_factory=dict)  # layout -> (B, R)
-    active: bool = False
-    fuse_base: bool = True  # one GEMM for [W; A]; False runs W x and A x as two GEMMs on views of the stack
+    runs: tuple[Run, ...] = ()
 
 
 @dataclass(frozen=True)
-class Block:
-    """One expert's LoRA on one member of a group."""
+class MemberLora:
+    """One expert's B on one member of a group; its rank-space inputs are columns [start, stop) of z."""
 
-    member: int
-    expert: str
+    start: int
+    stop: int
+    Bt: torch.Tensor  # (r, d_out), a transposed view of PEFT's B (d_out, r)
     scale: float
-    A: torch.Tensor  # (r, d_in)
-    B: torch.Tensor  # (d_out, r)
 
 
-class FusedProjections(nn.Module):
-    """Linears that read the same input, computed together with every expert's A projection.
+@dataclass(frozen=True)
+class GroupLora:
+    """One expert's LoRA on one group: the A of every member it adapts, stacked so one GEMM serves them all."""
 
-    Shapes: fused (D + R, d_in), D = sum of members' d_out, R = sum of block ranks; B[i] (d_out_i, R_i);
-    the layout lists (member, expert, rank, scale) per block, ordered by member.
-    """
+    A: torch.Tensor  # (R, d_in), R = sum of the members' ranks
+    members: dict[int, MemberLora]
 
-    def __init__(self, linears: list[nn.Linear], state: MixState):
-        super().__init__()
+    @classmethod
+    def stack(cls, pairs: dict[int, LoraPair]) -> GroupLora:
+        """Copies every A, then every B, into one buffer, so the adapter's loaded tensors are freed whole."""
+        order = sorted(pairs)
+        buffer = torch.cat([pairs[m].A.reshape(-1) for m in order] + [pairs[m].B.reshape(-1) for m in order])
+        rows = sum(pairs[m].rank for m in order)
+        A = buffer[:rows * pairs[order[0]].A.shape[1]].view(rows, -1)
+        members, offset, start = {}, A.numel(), 0
+        for m in order:
+            pair = pairs[m]
+            Bt = buffer[offset:offset + pair.B.numel()].view(pair.B.shape).t()
+            members[m] = MemberLora(start, start + pair.rank, Bt, pair.scale)
+            offset, start = offset + pair.B.numel(), start + pair.rank
+        return cls(A, members)
+
+    @property
+    def num_parameters(self) -> int:
+        return self.A.numel() + sum(m.Bt.numel() for m in self.members.values())
+
+
+class LoraGroup:
+    """Linears that read the same input: per run, one GEMM gives every member's rank-space values z = A x."""
+
+    def __init__(self, state: MixState, size: int):
         self.state = state
-        self.sizes = [m.out_features for m in linears]
-        self.biases = [m.bias for m in linears]
-        self.fused = torch.cat([m.weight.detach() for m in linears], dim=0)
-        self.layout: tuple[tuple[int, str, int, float], ...] = ()
-        self._set_b([])
-        self._input = self._outputs = None
-        self._pending: set[int] = set()
+        self.size = size
+        self.experts: dict[str, GroupLora] = {}
+        self._input, self._z, self._pending = None, {}, 0
 
-    def output(self, x: torch.Tensor, member: int) -> torch.Tensor:
-        """Member `member`'s output; the first member called with `x` computes all of them."""
+    def add(self, x: torch.Tensor, member: int, y: torch.Tensor) -> None:
+        """y[rows] += weight * scale * B (A x[rows]) for every run whose expert adapts `member`, in place."""
         if self._input is not x:
-            self._input, self._outputs, self._pending = x, self._compute(x), set(range(len(self.sizes)))
-        out = self._outputs[member]
-        self._pending.discard(member)
-        if not self._pending:
-            self._input = self._outputs = None
-        return out
+            self._input, self._z, self._pending = x, {}, self.size
+        experts = self.experts
+        for i, run in enumerate(self.state.runs):
+            lora = experts.get(run.expert)
+            part = lora.members.get(member) if lora is not None else None
+            if part is None:
+                continue
+            z = self._z.get(i)
+            if z is None:
+                z = self._z[i] = _rank_space(x[run.start:run.stop], lora.A, run.weight)
+            target = y[run.start:run.stop]
+            alpha = part.scale if isinstance(run.weight, torch.Tensor) else part.scale * run.weight
+            target.view(-1, target.shape[-1]).addmm_(z[:, part.start:part.stop], part.Bt, alpha=alpha)
+        self._pending -= 1
+        if self._pending == 0:
+            self._input, self._z = None, {}
 
-    def _compute(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """x: (B, T, d_in) -> one (B, T, d_out_i) per member"""
-        total = sum(self.sizes)
-        if not self.layout or not self.state.active:
-            outs = list(F.linear(x, self.fused[:total]).split(self.sizes, dim=-1))
-        else:
-            if self.state.fuse_base:
-                h = F.linear(x, self.fused)  # (B, T, D + R)
-                y, z = h.split([total, h.shape[-1] - total], dim=-1)
-            else:
-                y, z = F.linear(x, self.fused[:total]), F.linear(x, self.fused[total:])
-            z = (z * self.state.gates[self.layout][:, None, :]).reshape(-1, z.shape[-1])
-            outs = list(y.reshape(-1, total).split(self.sizes, dim=-1))
-            for i, (start, stop) in enumerate(self._columns):
-                if stop > start:
-                    outs[i] = torch.addmm(outs[i], z[:, start:stop], self.B[i].t())
-            outs = [o.view(*x.shape[:-1], o.shape[-1]) for o in outs]
-        return [o if b is None else o + b for o, b in zip(outs, self.biases)]
 
-    def blocks(self) -> list[Block]:
-        total, out = sum(self.sizes), []
-        row, cols = total, [0] * len(self.sizes)
-        for member, expert, rank, scale in self.layout:
-            c = cols[member]
-            out.append(Block(member, expert, scale, self.fused[row:row + rank], self.B[member][:, c:c + rank]))
-            row, cols[member] = row + rank, c + rank
-        return out
-
-    def set_blocks(self, blocks: list[Block]) -> None:
-        """Rebuilds the stacks; the base weights are moved into the new stack, never kept twice."""
-        blocks = sorted(blocks, key=lambda b: b.member)  # stable: experts keep their order per member
-        base = self.fused[: sum(self.sizes)]
-        self.fused = torch.cat([base, *(b.A for b in blocks)], dim=0) if blocks else base.clone()
-        self.layout = tuple((b.member, b.expert, b.A.shape[0], b.scale) for b in blocks)
-        self._set_b(blocks)
-
-    def _set_b(self, blocks: list[Block]) -> None:
-        self.B, self._columns, start = [], [], 0
-        for i, size in enumerate(self.sizes):
-            mine = [b.B for b in blocks if b.member == i]
-            self.B.append(torch.cat(mine, dim=1) if mine else self.fused.new_zeros(size, 0))
-            self._columns.append((start, start + self.B[-1].shape[1]))
-            start = self._columns[-1][1]
+def _rank_space(rows: torch.Tensor, A: torch.Tensor, weight: float | torch.Tensor) -> torch.Tensor:
+    """rows: (n, T, d_in) -> (n*T, R); per-row weights are applied here, a run-wide one later as alpha"""
+    z = rows.reshape(-1, rows.shape[-1]) @ A.t()
+    if isinstance(weight, torch.Tensor):
+        z = (z.view(rows.shape[0], -1, z.shape[-1]) * weight).view(z.shape)
+    return z
 
 
 class Projection(nn.Module):
-    """Stands in for one nn.Linear of the base model and returns its member's slice of the group."""
+    """Stands in for one nn.Linear of the base model: the same weights, plus its group's LoRA runs."""
 
-    def __init__(self, group: FusedProjections, member: int, in_features: int, out_features: int):
+    def __init__(self, linear: nn.Linear, group: LoraGroup, member: int):
         super().__init__()
+        self.weight, self.bias = linear.weight, linear.bias
+        self.in_features, self.out_features = linear.in_features, linear.out_features
         object.__setattr__(self, "group", group)  # not a child: the group is owned by the mixer
-        self.member, self.in_features, self.out_features = member, in_features, out_features
+        self.member = member
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.group.output(x, self.member)
+        y = F.linear(x, self.weight, self.bias)
+        if self.group.state.runs:
+            self.group.add(x, self.member, y)
+        return y
 
 
 def linear_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -166,13 +175,35 @@ def _groups(linears: dict[str, nn.Linear]) -> list[list[str]]:
     return groups + [[name] for name in linears if name not in taken]
 
 
+def cut_runs(rows: Sequence[RowRoute], device: torch.device | str = "cpu",
+         dtype: torch.dtype = torch.float32) -> tuple[Run, ...]:
+    """Cuts a batch's routing into runs: maximal ranges of consecutive rows whose k-th expert is the same."""
+    out = []
+    for slot in range(max((len(row) for row in rows), default=0)):
+        picks = [row[slot] if slot < len(row) and row[slot][1] > 0 else None for row in rows]
+        start = 0
+        while start < len(picks):
+            if picks[start] is None:
+                start += 1
+                continue
+            stop = start + 1
+            while stop < len(picks) and picks[stop] is not None and picks[stop][0] == picks[start][0]:
+                stop += 1
+            weights = [w for _, w in picks[start:stop]]
+            weight = weights[0] if len(set(weights)) == 1 else \
+                torch.tensor(weights, dtype=dtype, device=device).view(-1, 1, 1)
+            out.append(Run(picks[start][0], start, stop, weight))
+            start = stop
+    return tuple(out)
+
+
 class LoraMixer:
-    """Owns the fused projection groups of one base model and the set of experts stacked in them."""
+    """Owns the fused projection groups of one base model and the experts loaded into them."""
 
     def __init__(self, model: nn.Module):
         self.state = MixState()
         self.layers: dict[str, Projection] = {}
-        self.groups: list[FusedProjections] = []
+        self.groups: list[LoraGroup] = []
         self.experts: dict[str, int] = {}  # name -> parameter count
         self._forward_lock = threading.Lock()  # one batch at a time; edits wait for the batch in flight
         self._edit_lock = threading.Lock()
@@ -180,31 +211,32 @@ class LoraMixer:
         if any(isinstance(m, Projection) for m in linears.values()):
             raise RoutingError("this model already has a LoraMixer")
         for names in _groups(linears):
-            group = FusedProjections([linears[n] for n in names], self.state)
+            group = LoraGroup(self.state, len(names))
             self.groups.append(group)
             for member, name in enumerate(names):
                 parent, _, child = name.rpartition(".")
-                layer = Projection(group, member, linears[name].in_features, linears[name].out_features)
+                layer = Projection(linears[name], group, member)
                 setattr(model.get_submodule(parent), child, layer)
                 self.layers[name] = layer
+        weight = next(iter(self.layers.values())).weight
+        self._device, self._dtype = weight.device, weight.dtype
 
     def add(self, adapter: Adapter) -> None:
-        """Stacks `adapter` into its layers; a request already running finishes with the old stacks."""
+        """Loads `adapter` into its layers; a request already running finishes first."""
         with self._edit_lock:
             if adapter.name in self.experts:
                 raise RoutingError(f"expert {adapter.name!r} is already loaded")
             unknown = sorted(set(adapter.layers) - set(self.layers))
             if unknown:
                 raise RoutingError(f"expert {adapter.name!r} targets layers this model lacks: {unknown[:3]}")
-            new: dict[int, list[Block]] = {}
+            per_group: dict[int, tuple[LoraGroup, dict[int, LoraPair]]] = {}
             for module, pair in adapter.layers.items():
                 layer = self.layers[module]
-                new.setdefault(id(layer.group), []).append(Block(layer.member, adapter.name, pair.scale,
-                                                                 pair.A, pair.B))
+                per_group.setdefault(id(layer.group), (layer.group, {}))[1][layer.member] = pair
+            loras = [(group, GroupLora.stack(pairs)) for group, pairs in per_group.values()]
             with self._forward_lock:
-                for group in self.groups:
-                    if id(group) in new:
-                        group.set_blocks(group.blocks() + new[id(group)])
+                for group, lora in loras:
+                    group.experts = {**group.experts, adapter.name: lora}
                 self.experts[adapter.name] = adapter.num_parameters
 
     def remove(self, name: str) -> None:
@@ -213,8 +245,8 @@ class LoraMixer:
                 raise RoutingError(f"unknown expert {name!r}; loaded: {sorted(self.experts)}")
             with self._forward_lock:
                 for group in self.groups:
-                    if any(entry[1] == name for entry in group.layout):
-                        group.set_blocks([b for b in group.blocks() if b.expert != name])
+                    if name in group.experts:
+                        group.experts = {k: v for k, v in group.experts.items() if k != name}
                 del self.experts[name]
 
     def check(self, rows: Sequence[RowRoute]) -> None:
@@ -234,25 +266,8 @@ class LoraMixer:
         """Every forward pass inside uses row b's experts and weights for batch row b."""
         self.check(rows)
         with self._forward_lock:
-            self.state.gates = self._gates(rows)
-            self.state.active = any(w for row in rows for _, w in row)
+            self.state.runs = cut_runs(rows, self._device, self._dtype)
             try:
                 yield
             finally:
-                self.state.gates, self.state.active = {}, False
-
-    def _gates(self, rows: Sequence[RowRoute]) -> dict[tuple, torch.Tensor]:
-        """(B, R) gate per distinct layout: column c carries weight(row, expert of c) * scale of c."""
-        names = sorted(self.experts)
-        index = {name: i for i, name in enumerate(names)}
-        weights = torch.zeros(len(rows), len(names))
-        for b, row in enumerate(rows):
-            for name, w in row:
-                weights[b, index[name]] = w
-        gates = {}
-        for group in self.groups:
-            if group.layout and group.layout not in gates:
-                cols = torch.tensor([index[e] for _, e, r, _ in group.layout for _ in range(r)], dtype=torch.long)
-                scale = torch.tensor([s for _, _, r, s in group.layout for _ in range(r)])
-                gates[group.layout] = (weights[:, cols] * scale).to(group.fused.device, group.fused.dtype)
-        return gates
+                self.state.runs = ()

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 from experts.base_model import load_base_model
 from experts.engine import TorchBackend
 from experts.generation import SamplingConfig, generate
-from experts.mixing import RoutingError
+from experts.mixing import RoutingError, cut_runs
 from experts.prompt import chat_prompt
 from tests.tiny import save_random_adapter
 
@@ -124,9 +124,7 @@ def test_rows_without_expert_equal_plain_base(backend, tiny_model_dir):
     [(("a", 0.7), ("b", 0.3)), (("b", 0.5), ("c", 0.5)), (("a", 0.2), ("c", 0.8)), ()],
     [(("a", 0.4), ("b", 0.3), ("c", 0.3)), (("c", 1.0),), (("b", 0.9), ("a", 0.1)), (("a", 0.5), ("b", 0.5))],
 ])
-@pytest.mark.parametrize("fuse_base", [True, False])
-def test_weighted_rows_equal_merged_weights(backend, peft_model, tiny_model_dir, rows, fuse_base):
-    backend.mixer.state.fuse_base = fuse_base
+def test_weighted_rows_equal_merged_weights(backend, peft_model, tiny_model_dir, rows):
     questions = QUESTIONS[: len(rows)]
     ours = our_logits(backend, questions, rows)
     mask = batch(backend.base.tokenizer, questions)["attention_mask"]
@@ -140,10 +138,12 @@ def test_weighted_rows_equal_merged_weights(backend, peft_model, tiny_model_dir,
 def test_greedy_tokens_of_mixed_batch_equal_each_row_alone(backend):
     routes = [(("a", 1.0),), (("b", 0.6), ("c", 0.4)), (), (("c", 1.0),), (("a", 0.5), ("b", 0.5)), ()]
     questions = QUESTIONS[: len(routes)]
-    config = SamplingConfig(max_new_tokens=12)
-    together = backend.generate(questions, routes, config)
+    config = SamplingConfig(max_new_tokens=12, stop_at_eos=False)
+    streamed = []
+    together = backend.generate(questions, routes, config, lambda step, tokens, done: streamed.append(tokens))
     alone = [backend.generate([q], [r], config)[0] for q, r in zip(questions, routes)]
     assert [o.token_ids for o in together] == [o.token_ids for o in alone]
+    assert [list(t) for t in zip(*streamed)] == [o.token_ids for o in together], "the callback sees rows in order"
     assert len({tuple(o.token_ids) for o in together}) > 1, "routes should lead to different generations"
 
 
@@ -191,20 +191,27 @@ def test_request_in_flight_keeps_its_experts(backend):
 
 def test_added_expert_costs_only_its_own_parameters(tiny_base, tiny_model_dir, adapters):
     plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    linear_params = sum(m.weight.numel() for n, m in plain.named_modules()
-                        if isinstance(m, torch.nn.Linear) and m is not plain.get_output_embeddings())
     backend = TorchBackend(tiny_base)
-    held = lambda: sum(g.fused.numel() + sum(b.numel() for b in g.B) for g in backend.mixer.groups)  # noqa: E731
-    assert held() == linear_params, "the mixing groups must hold the base weights once"
+    params = lambda: sum(p.numel() for p in backend.base.model.parameters())  # noqa: E731
+    held = lambda: sum(e.num_parameters for g in backend.mixer.groups for e in g.experts.values())  # noqa: E731
+    assert params() == sum(p.numel() for p in plain.parameters()), "the base weights are kept once, as they were"
     backend.add_expert("b", adapters["b"])
-    assert held() - linear_params == backend.mixer.experts["b"]
+    assert held() == backend.mixer.experts["b"] and params() == sum(p.numel() for p in plain.parameters())
     backend.remove_expert("b")
-    assert held() == linear_params
+    assert held() == 0
 
 
-def test_shared_input_projections_are_fused(backend):
-    sizes = sorted(len(g.sizes) for g in backend.mixer.groups)
-    assert sizes == [1, 1, 1, 1, 2, 2, 3, 3], "per layer: q/k/v and gate/up fused, o and down alone"
+def test_runs_cut_each_slot_into_consecutive_rows_with_one_expert():
+    rows = [(("a", 1.0),), (("a", 1.0),), (), (("a", 0.6), ("b", 0.4)), (("b", 0.75), ("c", 0.25)),
+            (("b", 0.5), ("c", 0.5)), (("b", 0.0),)]
+    got = [(r.expert, r.start, r.stop, r.weight if isinstance(r.weight, float) else r.weight.flatten().tolist())
+           for r in cut_runs(rows)]
+    assert got == [("a", 0, 2, 1.0), ("a", 3, 4, 0.6), ("b", 4, 6, [0.75, 0.5]), ("b", 3, 4, 0.4), ("c", 4, 6, [0.25, 0.5])]
+
+
+def test_shared_input_projections_share_one_a_gemm(backend):
+    sizes = sorted(g.size for g in backend.mixer.groups)
+    assert sizes == [1, 1, 1, 1, 2, 2, 3, 3], "per layer: q/k/v and gate/up share A, o and down alone"
 
 
 @pytest.mark.real_model
