@@ -14,6 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+from app.memory import release_free_memory
 from app.service import Answer
 from experts.generation import TokenCallback
 
@@ -117,6 +118,7 @@ class MicroBatcher:
             batch = self._next_batch()
             self.batch_sizes.append(len(batch))
             self._run_batch(batch)
+            release_free_memory()
 
     def _run_batch(self, batch: list[Ticket]) -> None:
         """Runs one batch; any error goes to every request of the batch, never kills the worker."""

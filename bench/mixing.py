@@ -10,7 +10,6 @@ expert costs against its own parameter bytes.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import os
@@ -26,6 +25,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from app.memory import release_free_memory  # noqa: E402
 from experts.base_model import load_base_model  # noqa: E402
 from experts.engine import TorchBackend  # noqa: E402
 from experts.generation import SamplingConfig, generate  # noqa: E402
@@ -81,7 +81,7 @@ class PeftRows(nn.Module):
 
 def rss_bytes() -> int:
     gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    release_free_memory()
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 

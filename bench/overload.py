@@ -7,8 +7,8 @@ answered or with a clear "busy" error within a timeout, and the server's memory 
 Without --url it starts `expertgate serve` itself, as bench/serve_load.py does. Each client is its own
 gradio_client Client sending its share of the requests one after another; all start together. Questions cycle
 through bench/serve_load.py's mixed-domain set. RSS is the server process's, found by its listening port, after a
-warm-up of a few requests and again after the run; latencies (p50, p95) are of answered requests. Exit code 0 only
-when nothing hung and nothing failed other than "busy".
+warm-up of a few requests and again after the run, and sampled twice a second during it for the peak; latencies
+(p50, p95) are of answered requests. Exit code 0 only when nothing hung and nothing failed other than "busy".
 
 A quick check on the tiny test model (never the real one on a busy machine):
 
@@ -49,6 +49,29 @@ def server_rss_mb(url: str) -> float | None:
     if len(pids) != 1:
         return None
     return round(psutil.Process(pids.pop()).memory_info().rss / 2**20, 1)
+
+
+class PeakRss:
+    """Samples the server's resident memory every `every` seconds while the run lasts; `peak_mb` is the largest."""
+
+    def __init__(self, url: str, every: float = 0.5):
+        self.url, self.every, self.peak_mb = url, every, None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.every):
+            rss = server_rss_mb(self.url)
+            if rss is not None:
+                self.peak_mb = max(self.peak_mb or 0.0, rss)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def outcome(client: Client, question: str, max_new_tokens: int, timeout: float) -> tuple[str, float, str]:
@@ -123,7 +146,8 @@ def main() -> int:
             warmup.predict(question, 2, args.max_new_tokens, api_name="/ask")
         rss_before = server_rss_mb(url)
         started = time.perf_counter()
-        results = run_clients(url, items, args.clients, args.max_new_tokens, args.timeout)
+        with PeakRss(url) as peak:
+            results = run_clients(url, items, args.clients, args.max_new_tokens, args.timeout)
         wall_s = time.perf_counter() - started
         rss_after = server_rss_mb(url)
     counts = {kind: sum(1 for r in results if r[0] == kind) for kind in ("answered", "busy", "error", "hung")}
@@ -131,6 +155,7 @@ def main() -> int:
     report = {
         "sent": len(results), "clients": args.clients, "answered": counts["answered"], "busy": counts["busy"],
         "errors": counts["error"], "hung": counts["hung"], "rss_mb_before": rss_before, "rss_mb_after": rss_after,
+        "rss_mb_peak": peak.peak_mb,
         "rss_growth": round(rss_after / rss_before, 3) if rss_before and rss_after else None,
         "p50_ms": percentile_ms(answered_s, 50), "p95_ms": percentile_ms(answered_s, 95),
         "wall_s": round(wall_s, 2), "max_new_tokens": args.max_new_tokens, "timeout_s": args.timeout,

@@ -1,9 +1,11 @@
 """The micro-batcher with a fake generator: grouping, per-row streams, the busy limit and error delivery."""
+import platform
 import threading
 
 import pytest
 
 from app.batcher import BusyError, MicroBatcher
+from app.memory import release_free_memory
 from app.service import Answer
 
 
@@ -88,3 +90,20 @@ def test_a_failed_batch_reaches_every_request_and_the_worker_survives():
 def test_rejects_nonsense_limits():
     with pytest.raises(ValueError):
         MicroBatcher(FakeModel(), decode, max_batch=0)
+
+
+def test_memory_is_handed_back_after_every_batch_even_a_failed_one(monkeypatch):
+    released = threading.Semaphore(0)
+    monkeypatch.setattr("app.batcher.release_free_memory", released.release)
+    model = FakeModel(fail=True)
+    batcher = MicroBatcher(model, decode, wait_ms=1)
+    with pytest.raises(RuntimeError):
+        batcher.submit("a", 2, 8).result()
+    assert released.acquire(timeout=5)
+    model.fail = False
+    assert batcher.submit("ab", 2, 8).result().answer == "ba"
+    assert released.acquire(timeout=5)
+
+
+def test_release_free_memory_reaches_the_allocator_on_glibc():
+    assert release_free_memory() is (platform.libc_ver()[0] == "glibc")
