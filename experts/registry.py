@@ -4,17 +4,22 @@ Every change is all-or-nothing: an expert is written into a staging folder insid
 and moved in with one `os.replace`, and `registry.json` is rewritten through a temporary file and
 `os.replace`, so a crash leaves either the old state or the new one. A staging folder is named after
 the process writing it, so one left by a killed process is never registered and `remove_orphans` can
-delete it without touching another process's write in progress.
+delete it without touching another process's write in progress. Adds and removes hold an exclusive
+`flock` on `.registry.lock`, so two processes (a server and a CLI training run) never lose each other's
+update of `registry.json`.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from experts.adapters import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE, read_manifest
 
@@ -26,6 +31,7 @@ QUESTIONS_FILE = "questions.jsonl"
 RESERVED_NAMES = frozenset({"general", "base", "__base__", "gate"})  # the app saves its gate in <root>/gate
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
 _STAGING_PREFIX = ".staging-"
+LOCK_FILE = ".registry.lock"
 
 
 def _make_readable(path: Path) -> None:
@@ -108,6 +114,14 @@ class Registry:
             Path(temp).unlink(missing_ok=True)
             raise
 
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Serialises read-modify-write of the registry across processes; the lock dies with its holder."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / LOCK_FILE, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+
     def names(self) -> list[str]:
         return [e["name"] for e in self._entries()]
 
@@ -166,27 +180,31 @@ class Registry:
         missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE, MANIFEST_FILE) if not (staged / f).is_file()]
         if missing:
             raise RegistryError(f"staged expert {staged} lacks {', '.join(missing)}")
-        entries = self._entries()
-        target = self.root / name
-        _make_readable(staged)
-        os.replace(staged, target)
-        try:
-            self._write(entries + [{"name": name, "folder": name}])
-        except BaseException:
-            os.replace(target, staged)
-            raise
+        with self._locked():
+            self.check_new(name)  # again: another process may have taken the name since
+            entries = self._entries()
+            target = self.root / name
+            _make_readable(staged)
+            os.replace(staged, target)
+            try:
+                self._write(entries + [{"name": name, "folder": name}])
+            except BaseException:
+                os.replace(target, staged)
+                raise
         return self.info(name)
 
     def remove(self, name: str) -> None:
         """Moves the folder aside, unregisters, then deletes it: a failure before the delete restores it."""
-        folder = self.folder(name)
-        entries = [e for e in self._entries() if e["name"] != name]
-        trash = self.staging_folder() / name
-        os.replace(folder, trash)
-        try:
-            self._write(entries)
-        except BaseException:
-            os.replace(trash, folder)
-            shutil.rmtree(trash.parent)
-            raise
+        self.folder(name)  # an unknown name is refused before the lock file is created
+        with self._locked():
+            folder = self.folder(name)
+            entries = [e for e in self._entries() if e["name"] != name]
+            trash = self.staging_folder() / name
+            os.replace(folder, trash)
+            try:
+                self._write(entries)
+            except BaseException:
+                os.replace(trash, folder)
+                shutil.rmtree(trash.parent)
+                raise
         shutil.rmtree(trash.parent)

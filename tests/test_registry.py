@@ -1,9 +1,10 @@
 import hashlib
 import json
+import multiprocessing
 
 import pytest
 
-from experts.registry import REGISTRY_FILE, Registry, RegistryError, check_name
+from experts.registry import LOCK_FILE, REGISTRY_FILE, Registry, RegistryError, check_name
 
 
 def folder_hash(root):
@@ -39,7 +40,7 @@ def test_add_list_questions_remove(tmp_path):
     assert data == {"version": 1, "experts": [{"name": "med-1", "folder": "med-1"}, {"name": "law_2", "folder": "law_2"}]}
     registry.remove("med-1")
     assert registry.names() == ["law_2"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["law_2", REGISTRY_FILE]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_FILE, "law_2", REGISTRY_FILE]
 
 
 @pytest.mark.parametrize("name", ["", "Med", "1med", "-x", "med ical", "a" * 41, "médical", "../x", "base",
@@ -119,3 +120,23 @@ def test_registry_folders_must_stay_inside_the_experts_folder(tmp_path, folder):
     (tmp_path / REGISTRY_FILE).write_text(json.dumps({"version": 1, "experts": [{"name": "med", "folder": folder}]}))
     with pytest.raises(RegistryError, match="plain names"):
         Registry(tmp_path).folder("med")
+
+
+def _add_many(root, prefix, count, start):
+    registry = Registry(root)
+    start.wait()
+    for i in range(count):
+        registry.add(f"{prefix}{i}", stage(registry))
+
+
+def test_concurrent_processes_never_lose_each_others_registrations(tmp_path):
+    """Four processes register 25 experts each at once; without the lock, read-modify-write drops some."""
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(4)
+    workers = [context.Process(target=_add_many, args=(tmp_path, f"p{w}-", 25, start)) for w in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert [w.exitcode for w in workers] == [0, 0, 0, 0]
+    assert sorted(Registry(tmp_path).names()) == sorted(f"p{w}-{i}" for w in range(4) for i in range(25))

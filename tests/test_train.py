@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from app.cli import main
 from experts.adapters import load_adapter
 from experts.evaluate import eval_matrix
-from experts.registry import Registry
+from experts.registry import LOCK_FILE, REGISTRY_FILE, Registry
 from experts.train import TrainConfig, train_expert
 from tests.test_registry import folder_hash
 
@@ -30,7 +30,7 @@ def test_train_writes_registers_and_loads(tiny_base, tiny_model_dir, data_file, 
     result = train_expert("finance", data_file, tiny_base, registry, description="money", config=FAST,
                           progress=lambda step, total, loss: calls.append((step, total, loss)))
     folder = tmp_path / "experts" / "finance"
-    assert sorted(p.name for p in (tmp_path / "experts").iterdir()) == ["finance", "registry.json"]
+    assert sorted(p.name for p in (tmp_path / "experts").iterdir()) == [LOCK_FILE, "finance", REGISTRY_FILE]
     assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
                                                         "expert.json", "questions.jsonl"]
     tensors = load_file(str(folder / "adapter_model.safetensors"))
