@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 from experts.base_model import load_base_model
 from experts.engine import TorchBackend
 from experts.generation import SamplingConfig, generate
-from experts.mixing import RoutingError, cut_runs
+from experts.mixing import LoraGroup, RoutingError, cut_runs
 from experts.prompt import chat_prompt
 from tests.tiny import save_random_adapter
 
@@ -120,10 +120,13 @@ def test_rows_without_expert_equal_plain_base(backend, tiny_model_dir):
     assert torch.equal(all_base, want), "a batch with no expert must take the exact base path"
 
 
-@pytest.mark.parametrize("rows", [
+WEIGHTED = [
     [(("a", 0.7), ("b", 0.3)), (("b", 0.5), ("c", 0.5)), (("a", 0.2), ("c", 0.8)), ()],
     [(("a", 0.4), ("b", 0.3), ("c", 0.3)), (("c", 1.0),), (("b", 0.9), ("a", 0.1)), (("a", 0.5), ("b", 0.5))],
-])
+]
+
+
+@pytest.mark.parametrize("rows", WEIGHTED)
 def test_weighted_rows_equal_merged_weights(backend, peft_model, tiny_model_dir, rows):
     questions = QUESTIONS[: len(rows)]
     ours = our_logits(backend, questions, rows)
@@ -133,6 +136,23 @@ def test_weighted_rows_equal_merged_weights(backend, peft_model, tiny_model_dir,
         with torch.inference_mode():
             want = model(**batch(backend.base.tokenizer, [questions[b]])).logits[0]
         torch.testing.assert_close(ours[b, mask[b].bool()], want, atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize("rows", WEIGHTED)
+def test_one_token_rows_take_the_stacked_path_and_equal_merged_weights(backend, peft_model, tiny_model_dir, rows,
+                                                                       monkeypatch):
+    """Decode shape (one token per row): all experts in one GEMM, gated per row, must match the merged weights too."""
+    stacked = []
+    monkeypatch.setattr(LoraGroup, "_add_stacked", lambda self, *args, original=LoraGroup._add_stacked:
+                        stacked.append(original(self, *args)))
+    ids = torch.tensor([[7 + 3 * b] for b in range(len(rows))])
+    with backend.mixer.routing(rows), torch.inference_mode():
+        ours = backend.base.model(input_ids=ids).logits
+    assert stacked, "a one-token batch with as many runs as experts takes the stacked path"
+    for b, row in enumerate(rows):
+        with torch.inference_mode():
+            want = merged_model(tiny_model_dir, peft_model, row)(input_ids=ids[b:b + 1]).logits[0]
+        torch.testing.assert_close(ours[b], want, atol=ATOL, rtol=RTOL)
 
 
 def test_greedy_tokens_of_mixed_batch_equal_each_row_alone(backend):
