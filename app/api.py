@@ -36,14 +36,15 @@ def answer_json(answer: Answer, ticket: Ticket) -> dict:
     return {**answer.to_json(), "batch_size": ticket.batch_size, "tokens_per_s": tokens_per_second(answer)}
 
 
-def readable_experts(registry: Registry) -> list[ExpertInfo]:
-    """Registered experts whose folder can be read; a broken one is left out (the service warns about it)."""
+def expert_infos(registry: Registry) -> list[ExpertInfo]:
+    """Every registered expert; one whose folder cannot be read is listed by name alone (the service says why)."""
     infos = []
     for name in registry.names():
         try:
             infos.append(registry.info(name))
         except (AdapterError, RegistryError, OSError):
-            continue
+            infos.append(ExpertInfo(name=name, description="", rank=None, size_bytes=0, examples=None,
+                                    eval_perplexity=None, base_perplexity=None, folder=registry.root / name))
     return infos
 
 
@@ -86,4 +87,4 @@ class Api:
         disabled = self.service.disabled
         return [{**asdict(info), "folder": str(info.folder), "loaded": info.name in loaded,
                  "warning": disabled.get(info.name), "traffic_share": shares.get(info.name, {}).get("share", 0.0)}
-                for info in readable_experts(self.service.registry)]
+                for info in expert_infos(self.service.registry)]

@@ -11,7 +11,7 @@ from pathlib import Path
 import gradio as gr
 
 from app import views
-from app.api import readable_experts
+from app.api import expert_infos
 from app.config import AppConfig
 from app.service import ExpertGate
 from app.training import Progress, TrainingError, TrainingRunner, TrainRequest
@@ -51,7 +51,7 @@ def experts_tab(service: ExpertGate, config: AppConfig, tab: gr.Tab, warnings: g
     runner = TrainingRunner(config)
 
     def current_table():
-        return views.experts_table(readable_experts(service.registry), service.backend.experts(),
+        return views.experts_table(expert_infos(service.registry), service.backend.experts(),
                                    service.stats.snapshot())
 
     table = gr.Dataframe(current_table(), label="Registered experts", interactive=False, elem_id="experts-table")

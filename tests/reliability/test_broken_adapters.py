@@ -7,7 +7,7 @@ import torch
 
 from experts.adapters import AdapterError, load_adapter
 from experts.base_model import load_base_model
-from tests.reliability.broken_adapters import FAULT_PARAMS, FAULTS, LISTED_FAULT_PARAMS, broken_copy
+from tests.reliability.broken_adapters import FAULT_PARAMS, FAULTS, broken_copy
 from tests.reliability.snapshot import unchanged
 from tests.reliability.web_client import assert_serves
 
@@ -34,7 +34,7 @@ def experts(server):
     return {e["name"]: e for e in server[0].predict(api_name="/experts")}
 
 
-@pytest.mark.parametrize("fault, fragment", LISTED_FAULT_PARAMS)
+@pytest.mark.parametrize("fault, fragment", FAULT_PARAMS)
 def test_experts_api_shows_why_an_expert_is_off(experts, fault, fragment):
     entry = experts[fault]
     assert entry["loaded"] is False
