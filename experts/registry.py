@@ -3,8 +3,9 @@
 Every change is all-or-nothing: an expert is written into a staging folder inside the experts folder
 and moved in with one `os.replace`, and `registry.json` is rewritten through a temporary file and
 `os.replace`, so a crash leaves either the old state or the new one. A staging folder is named after
-the process writing it, so one left by a killed process is never registered and `remove_orphans` can
-delete it without touching another process's write in progress. Adds and removes hold an exclusive
+the process and machine writing it, so one left by a killed process is never registered and
+`remove_orphans` can delete it without touching another process's write in progress, on this machine or
+on another one sharing the folder. Adds and removes hold an exclusive
 `flock` on `.registry.lock`, so two processes (a server and a CLI training run) never lose each other's
 update of `registry.json`.
 """
@@ -15,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -153,14 +155,14 @@ class Registry:
     def staging_folder(self) -> Path:
         """An empty folder on the same filesystem as the experts, so `add` can move it in atomically."""
         self.root.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-", dir=self.root))
+        return Path(tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}@{socket.gethostname()}-", dir=self.root))
 
     def remove_orphans(self) -> list[Path]:
-        """Deletes staging folders whose writing process has died (killed mid-write); returns them."""
+        """Deletes staging folders whose writer, a process on this machine, has died; returns them."""
         removed = []
         for path in sorted(self.root.glob(f"{_STAGING_PREFIX}*")):
-            pid = path.name[len(_STAGING_PREFIX):].partition("-")[0]
-            if pid.isdigit() and not _process_alive(int(pid)):
+            pid, _, host = path.name[len(_STAGING_PREFIX):].rpartition("-")[0].partition("@")
+            if pid.isdigit() and host == socket.gethostname() and not _process_alive(int(pid)):
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path)
         return removed

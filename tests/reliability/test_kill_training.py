@@ -7,6 +7,7 @@ import json
 import queue
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -151,8 +152,10 @@ def test_orphan_removal_spares_a_live_writer(tmp_path):
     registry = Registry(tmp_path)
     live = registry.staging_folder()  # this process, still writing
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead = tmp_path / f"{STAGING_PREFIX}{ended.stdout.strip()}-x"
-    dead.mkdir()
-    (dead / "adapter_model.safetensors").write_bytes(b"half")
+    dead = tmp_path / f"{STAGING_PREFIX}{ended.stdout.strip()}@{socket.gethostname()}-x"
+    elsewhere = tmp_path / f"{STAGING_PREFIX}{ended.stdout.strip()}@another-machine-y"  # a shared folder's other writer
+    for folder in (dead, elsewhere):
+        folder.mkdir()
+        (folder / "adapter_model.safetensors").write_bytes(b"half")
     assert registry.remove_orphans() == [dead]
-    assert live.is_dir() and registry.names() == []
+    assert live.is_dir() and elsewhere.is_dir() and registry.names() == []
