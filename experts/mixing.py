@@ -110,10 +110,11 @@ class Stacks:
     experts: dict[str, GroupLora]
 
     @classmethod
-    def build(cls, pairs: dict[str, dict[int, LoraPair]], size: int, d_in: int, like: torch.Tensor) -> Stacks:
-        """Copies the weights into fresh buffers, so the adapter's loaded tensors (or the old stacks) are freed."""
+    def build(cls, pairs: dict[str, dict[int, LoraPair]], size: int, like: torch.Tensor) -> Stacks:
+        """Copies the weights into fresh buffers, so the adapter's loaded tensors (or the old stacks) are freed;
+        `like` is any (rows, d_in) tensor of the group, for the device, dtype and width of an empty stack."""
         blocks = [(name, m, pairs[name][m]) for name in pairs for m in sorted(pairs[name])]
-        A = torch.cat([p.A for _, _, p in blocks]) if blocks else like.new_zeros(0, d_in)
+        A = torch.cat([p.A for _, _, p in blocks]) if blocks else like.new_zeros(0, like.shape[1])
         B = tuple(torch.cat(mine, dim=1) if (mine := [p.B for _, m, p in blocks if m == member]) else None
                   for member in range(size))
         columns, offsets, row = [[] for _ in range(size)], [0] * size, 0
@@ -144,11 +145,10 @@ class LoraGroup:
     FLOPs are small, while the stacked way needs a handful of ops instead of a few per run.
     """
 
-    def __init__(self, state: MixState, size: int, d_in: int, like: torch.Tensor):
+    def __init__(self, state: MixState, size: int, like: torch.Tensor):
         self.state = state
         self.size = size
-        self.d_in = d_in
-        self.stacks = Stacks.build({}, size, d_in, like)
+        self.stacks = Stacks.build({}, size, like)
         self._input, self._z, self._pending = None, {}, 0
 
     @property
@@ -158,7 +158,7 @@ class LoraGroup:
     def rebuilt(self, add: dict[str, dict[int, LoraPair]] | None = None, remove: str | None = None) -> Stacks:
         """New stacks with `add` appended and `remove` left out; swapping them in is the caller's job."""
         pairs = {name: lora.pairs() for name, lora in self.stacks.experts.items() if name != remove}
-        return Stacks.build({**pairs, **(add or {})}, self.size, self.d_in, self.stacks.A)
+        return Stacks.build({**pairs, **(add or {})}, self.size, self.stacks.A)
 
     def add(self, x: torch.Tensor, member: int, y: torch.Tensor) -> None:
         """y += the LoRA terms of `member` for every row, in place; the first member called with `x` computes z."""
@@ -278,8 +278,7 @@ class LoraMixer:
         if any(isinstance(m, Projection) for m in linears.values()):
             raise RoutingError("this model already has a LoraMixer")
         for names in _groups(linears):
-            first = linears[names[0]]
-            group = LoraGroup(self.state, len(names), first.in_features, first.weight)
+            group = LoraGroup(self.state, len(names), linears[names[0]].weight)
             self.groups.append(group)
             for member, name in enumerate(names):
                 parent, _, child = name.rpartition(".")
