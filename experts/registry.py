@@ -5,9 +5,8 @@ and moved in with one `os.replace`, and `registry.json` is rewritten through a t
 `os.replace`, so a crash leaves either the old state or the new one. A staging folder is named after
 the process and machine writing it, so one left by a killed process is never registered and
 `remove_orphans` can delete it without touching another process's write in progress, on this machine or
-on another one sharing the folder. Adds and removes hold an exclusive
-`flock` on `.registry.lock`, so two processes (a server and a CLI training run) never lose each other's
-update of `registry.json`.
+on another one sharing the folder. Adds and removes hold an exclusive `flock` on `.registry.lock`, so two
+processes (a server and a CLI training run) never lose each other's update of `registry.json`.
 """
 from __future__ import annotations
 
