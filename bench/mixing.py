@@ -1,6 +1,6 @@
 """Throughput of per-row LoRA mixing against the plain base model and PEFT, interleaved in one process.
 
-    python bench/mixing.py --json [--rounds 3] [--batches 8 32] [--out bench/results/mixing.json]
+    python bench/mixing.py --json [--rounds 3] [--batches 8 32] [--phases] [--out bench/results/mixing.json]
 
 Real base model, 4 random adapters (r=16, every linear layer), ~64-token prompts, 32 new tokens, greedy,
 every row runs all 32 steps. Each round runs every configuration once, in turn, so machine noise hits
@@ -111,6 +111,28 @@ def profile(fn, batch_prompts, top: int = 8) -> dict:
             "ops": {e.key: {"ms": round(e.self_cpu_time_total / 1000, 1), "calls": e.count} for e in events[:top]}}
 
 
+def phases(configs: dict, batch_prompts: list[str], rounds: int, steps: int = 16) -> dict:
+    """Prefill (a call that makes one token) and one decode step ((1 + steps tokens - 1 token) / steps) per
+    configuration, interleaved over rounds, medians; says whether a gap to base is in prefill or in decode."""
+    lengths = (1, 1 + steps)
+    times = {(name, n): [] for name in configs for n in lengths}
+    for _ in range(rounds):
+        for name, fn in configs.items():
+            for n in lengths:
+                started = time.perf_counter()
+                fn(batch_prompts, SamplingConfig(max_new_tokens=n, stop_at_eos=False))
+                times[(name, n)].append(time.perf_counter() - started)
+    median = {key: statistics.median(t) for key, t in times.items()}
+    out = {name: {"prefill_s": median[(name, 1)],
+                  "decode_step_ms": 1000 * (median[(name, 1 + steps)] - median[(name, 1)]) / steps}
+           for name in configs}
+    for row in out.values():
+        row["prefill_vs_base"] = round(out["base"]["prefill_s"] / row["prefill_s"], 3)
+        row["decode_vs_base"] = round(out["base"]["decode_step_ms"] / row["decode_step_ms"], 3)
+        row["prefill_s"], row["decode_step_ms"] = round(row["prefill_s"], 3), round(row["decode_step_ms"], 1)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true")
@@ -119,6 +141,8 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--out", type=Path, default=Path("bench/results/mixing.json"))
+    parser.add_argument("--phases", action="store_true",
+                        help="also time prefill and one decode step apart, at the largest batch")
     parser.add_argument("--profile", action="store_true", help="also profile one batch of base and ours_top1 by op")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -140,24 +164,27 @@ def main() -> None:
 
     def run_ours(batch, k):
         routes = [tuple((EXPERTS[(b + j) % 4], 1.0 / k) for j in range(k)) for b in range(batch)]
-        return lambda p: ours.generate_prompts(p, routes, sampling)
+        return lambda p, s=sampling: ours.generate_prompts(p, routes, s)
 
     def run_peft(batch, single):
         names = [EXPERTS[0] if single else EXPERTS[b % 4] for b in range(batch)]
         if single:
             peft_model.set_adapter(EXPERTS[0])
-            return lambda p: generate(peft_model, tokenizer, p, sampling)
-        return lambda p: generate(PeftRows(peft_model, names), tokenizer, p, sampling)
+            return lambda p, s=sampling: generate(peft_model, tokenizer, p, s)
+        return lambda p, s=sampling: generate(PeftRows(peft_model, names), tokenizer, p, s)
 
-    results = {}
-    for batch in args.batches:
-        configs = {
-            "base": lambda p: generate(plain, tokenizer, p, sampling),
+    def configs_for(batch):
+        return {
+            "base": lambda p, s=sampling: generate(plain, tokenizer, p, s),
             "ours_top1": run_ours(batch, 1),
             "ours_top2": run_ours(batch, 2),
             "peft_mixed": run_peft(batch, single=False),
             "peft_single": run_peft(batch, single=True),
         }
+
+    results = {}
+    for batch in args.batches:
+        configs = configs_for(batch)
         batch_prompts = prompts(tokenizer, batch)
         lengths = [len(tokenizer(p, add_special_tokens=False).input_ids) for p in batch_prompts]
         for fn in configs.values():
@@ -176,6 +203,11 @@ def main() -> None:
             "tokens_per_s": {n: round(tokens / statistics.median(t), 1) for n, t in times.items()},
             "seconds": {n: [round(x, 3) for x in t] for n, t in times.items()},
         }
+    if args.phases:
+        batch = max(args.batches)
+        configs = configs_for(batch)
+        results["phases"] = phases({n: configs[n] for n in ("base", "ours_top1", "ours_top2", "peft_mixed")},
+                                   prompts(tokenizer, batch), args.rounds)
     if args.profile:
         batch = max(args.batches)
         results["profile"] = {name: profile(fn, prompts(tokenizer, batch))
