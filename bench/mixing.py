@@ -123,14 +123,11 @@ def phases(configs: dict, batch_prompts: list[str], rounds: int, steps: int = 16
                 fn(batch_prompts, SamplingConfig(max_new_tokens=n, stop_at_eos=False))
                 times[(name, n)].append(time.perf_counter() - started)
     median = {key: statistics.median(t) for key, t in times.items()}
-    out = {name: {"prefill_s": median[(name, 1)],
-                  "decode_step_ms": 1000 * (median[(name, 1 + steps)] - median[(name, 1)]) / steps}
-           for name in configs}
-    for row in out.values():
-        row["prefill_vs_base"] = round(out["base"]["prefill_s"] / row["prefill_s"], 3)
-        row["decode_vs_base"] = round(out["base"]["decode_step_ms"] / row["decode_step_ms"], 3)
-        row["prefill_s"], row["decode_step_ms"] = round(row["prefill_s"], 3), round(row["decode_step_ms"], 1)
-    return out
+    prefill = {name: median[(name, 1)] for name in configs}
+    step = {name: 1000 * (median[(name, 1 + steps)] - median[(name, 1)]) / steps for name in configs}
+    return {name: {"prefill_s": round(prefill[name], 3), "decode_step_ms": round(step[name], 1),
+                   "prefill_vs_base": round(prefill["base"] / prefill[name], 3),
+                   "decode_vs_base": round(step["base"] / step[name], 3)} for name in configs}
 
 
 def main() -> None:
