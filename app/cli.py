@@ -122,6 +122,14 @@ def _route_command(commands) -> None:
     route.add_argument("--json", action="store_true")
     route.add_argument("--experts-dir", help="folder of registered experts (env EXPERTGATE_EXPERTS_DIR)")
     route.set_defaults(run=_lazy("app.route_commands", "route"))
+    tune = commands.add_parser("tune-router", help="fine-tune the gate's encoder on the experts' questions "
+                                                   "(minutes on a CPU), then refit the gate")
+    tune.add_argument("--epochs", type=_positive_float)
+    tune.add_argument("--lr", type=_positive_float)
+    tune.add_argument("--seed", type=int)
+    tune.add_argument("--json", action="store_true")
+    tune.add_argument("--experts-dir", help="folder of registered experts (env EXPERTGATE_EXPERTS_DIR)")
+    tune.set_defaults(run=_lazy("app.route_commands", "tune_router"))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,8 @@ from experts import BUNDLED_DIR
 from experts.base_model import default_cache_dir
 from experts.rebuild import GENERAL_FILE
 from experts.registry import Registry
-from router import Encoder, Gate, training_hash
+from router import Encoder, Gate, SentenceEncoder, training_hash
+from router.tuning import load_encoder, tuned_classes
 
 log = logging.getLogger("expertgate")
 GATE_DIR = "gate"
@@ -20,6 +21,17 @@ def general_questions(experts_dir: Path) -> list[str]:
     path = experts_dir / GENERAL_FILE
     path = path if path.is_file() else BUNDLED_DIR / GENERAL_FILE
     return [json.loads(line)["question"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def gate_encoder(experts_dir: Path) -> tuple[SentenceEncoder, str | None]:
+    """The encoder tuned for this experts folder, else plain MiniLM; a broken tuned one gives plain MiniLM and
+    a warning, so the app still routes."""
+    try:
+        return load_encoder(experts_dir), None
+    except ValueError as err:
+        message = f"the gate's tuned encoder is not used: {err}"
+        log.warning(message)
+        return SentenceEncoder(), message
 
 
 def load_or_fit_gate(registry: Registry, names: list[str], encoder: Encoder,
@@ -36,6 +48,10 @@ def load_or_fit_gate(registry: Registry, names: list[str], encoder: Encoder,
             return gate
     except (ValueError, OSError, KeyError):
         pass  # absent, stale or unreadable: refit below
+    untuned = sorted(set(names) - set(tuned_classes(registry.root) or names))
+    if untuned:
+        log.info("the gate's encoder was tuned before %s joined; `expertgate tune-router` tunes it on all experts",
+                 ", ".join(untuned))
     gate = Gate.fit(experts, general, encoder, cache_dir=(cache_dir or default_cache_dir()) / "router")
     try:
         gate.save(folder)

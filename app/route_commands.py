@@ -6,16 +6,18 @@ import sys
 from pathlib import Path
 
 from app.config import AppConfig
-from app.gating import load_or_fit_gate
+from app.gating import gate_encoder, general_questions, load_or_fit_gate
 from app.service import InputError, check_top_k, clean_question
 
 
 def _gate(config: AppConfig):
     from experts.registry import Registry
-    from router import SentenceEncoder
 
     registry = Registry(config.experts_dir)
-    gate = load_or_fit_gate(registry, registry.names(), SentenceEncoder(), config.cache_dir)
+    encoder, warning = gate_encoder(config.experts_dir)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    gate = load_or_fit_gate(registry, registry.names(), encoder, config.cache_dir)
     if gate is None:
         raise InputError(f"no experts are registered in {config.experts_dir}: nothing to route to")
     return gate
@@ -65,4 +67,32 @@ def eval_router(args) -> int:
     report = evaluate(_gate(AppConfig.from_args(args)), questions, domains, top_k=check_top_k(args.top_k or 2))
     json.dump(report, sys.stdout, indent=None if args.json else 2)
     print()
+    return 0
+
+
+def _progress(step: int, steps: int, loss: float) -> None:
+    if step % 25 == 0 or step == steps:
+        print(f"tuning the gate's encoder: step {step}/{steps}, loss {loss:.3f}", file=sys.stderr, flush=True)
+
+
+def tune_router(args) -> int:
+    """LoRA-tune the gate's encoder on the registered experts' questions, then refit and save the gate with it."""
+    from dataclasses import asdict
+
+    from experts.registry import Registry
+    from router.tuning import TuneConfig, load_encoder, tune_encoder
+
+    config = AppConfig.from_args(args)
+    registry = Registry(config.experts_dir)
+    names = registry.names()
+    if not names:
+        raise InputError(f"no experts are registered in {config.experts_dir}: nothing to tune the gate for")
+    settings = TuneConfig(**{k: getattr(args, k) for k in ("epochs", "lr", "seed") if getattr(args, k) is not None})
+    try:
+        report = tune_encoder({n: registry.questions(n) for n in names}, general_questions(registry.root),
+                              registry.root, config=settings, on_step=_progress)
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    gate = load_or_fit_gate(registry, names, load_encoder(registry.root), config.cache_dir)
+    print(json.dumps({"tuning": asdict(report), "gate": gate.report.to_json()}, indent=None if args.json else 2))
     return 0

@@ -8,13 +8,13 @@ import unicodedata
 from dataclasses import asdict, dataclass, field
 
 from app.config import MAX_NEW_TOKENS, MAX_QUESTION_CHARS, MAX_TOP_K, AppConfig
-from app.gating import load_or_fit_gate
+from app.gating import gate_encoder, load_or_fit_gate
 from experts.adapters import AdapterError
 from experts.base_model import load_base_model
 from experts.engine import TorchBackend
 from experts.generation import SamplingConfig, TokenCallback
 from experts.registry import Registry
-from router import Gate, LoadStats, RoutingDecision, SentenceEncoder
+from router import Gate, LoadStats, RoutingDecision
 
 log = logging.getLogger("expertgate")
 
@@ -88,7 +88,7 @@ class ExpertGate:
         self.base = load_base_model(config.base_model, device=config.device, cache_dir=config.cache_dir)
         self.backend = TorchBackend(self.base)
         self.registry = Registry(config.experts_dir)
-        self.encoder = SentenceEncoder()
+        self.encoder, self._encoder_warning = gate_encoder(config.experts_dir)
         self.stats = LoadStats()
         self._disabled: dict[str, str] = {}  # expert name -> why it could not be loaded
         self._refit_lock = threading.Lock()
@@ -116,8 +116,8 @@ class ExpertGate:
 
     @property
     def warnings(self) -> list[str]:
-        """One line per registered expert that could not be loaded."""
-        return list(self._disabled.values())
+        """One line per registered expert that could not be loaded, and one if the tuned encoder could not be."""
+        return list(self._disabled.values()) + ([self._encoder_warning] if self._encoder_warning else [])
 
     def _fit_gate(self) -> Gate | None:
         names = self.backend.experts()

@@ -24,7 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.router_eval import DEFAULT_CACHE, training_data  # noqa: E402
-from router import EmbeddingCache, Gate, SentenceEncoder  # noqa: E402
+from experts import BUNDLED_DIR  # noqa: E402
+from router import EmbeddingCache, Gate  # noqa: E402
+from router.tuning import load_encoder  # noqa: E402
 
 TEMPLATES = ["How long should I cook {}?", "What goes well with {}?", "Can I freeze {}?", "How do I season {}?",
              "Is {} better baked or fried?", "How do I store leftover {}?", "What wine pairs with {}?",
@@ -59,7 +61,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    encoder = SentenceEncoder()
+    encoder = load_encoder(BUNDLED_DIR)  # the encoder the app runs: MiniLM with its tuned LoRA merged in
     experts, general = training_data(args.data)
     gate = Gate.fit(experts, general, encoder, cache_dir=args.cache_dir)
 

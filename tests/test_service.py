@@ -97,3 +97,37 @@ def test_eval_router_cli(experts_dir, tmp_path):
     report = json.loads(result.stdout)
     assert {"accuracy", "macro_f1", "recall", "confusion", "fallback_rate"} <= set(report)
     assert report["accuracy"] >= 0.8
+
+
+def test_tune_router_cli_installs_an_encoder_the_gate_then_uses(experts_dir, tmp_path):
+    tuned = tmp_path / "experts"
+    shutil.copytree(experts_dir, tuned)
+    result = cli("tune-router", "--epochs", "1", "--json", "--experts-dir", str(tuned))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["tuning"]["classes"] == ["code", "finance", "legal", "medical", "general"]
+    assert report["tuning"]["steps"] == report["tuning"]["questions"] // 32 > 0
+    folder = json.loads((tuned / "encoder.json").read_text())["folder"]
+    gate = json.loads((tuned / "gate" / "gate.json").read_text())
+    assert gate["encoder"]["name"] == f"all-MiniLM-L6-v2+{folder}"
+    result = cli("route", "Can my landlord keep my deposit?", "--json", "--experts-dir", str(tuned))
+    assert result.returncode == 0 and "warning: " not in result.stderr, result.stderr
+    assert json.loads(result.stdout)["experts"][0]["name"] == "legal"
+
+
+def test_tune_router_cli_errors(tmp_path):
+    result = cli("tune-router", "--experts-dir", str(tmp_path))
+    assert result.returncode == 2 and "no experts are registered" in result.stderr and "Traceback" not in result.stderr
+    result = cli("tune-router", "--epochs", "0", "--experts-dir", str(tmp_path))
+    assert result.returncode == 2 and "must be above 0" in result.stderr
+
+
+def test_broken_tuned_encoder_falls_back_to_plain_minilm_with_a_warning(tiny_model_dir, experts_dir, tmp_path):
+    broken = tmp_path / "experts"
+    shutil.copytree(experts_dir, broken)
+    (broken / "encoder.json").write_text('{"folder": "encoder-missing"}')
+    service = ExpertGate(AppConfig(base_model=str(tiny_model_dir), device="cpu", experts_dir=broken,
+                                   cache_dir=tmp_path / "cache", max_new_tokens=2))
+    assert service.encoder.name == "all-MiniLM-L6-v2"
+    assert len(service.warnings) == 1 and "tuned encoder is not used" in service.warnings[0]
+    assert service.ask(["How is a fever treated?"])[0].experts[0]["name"] == "medical"
