@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -29,6 +30,7 @@ from router.training import training_hash, training_set
 POINTER_FILE = "encoder.json"
 REPORT_FILE = "tuning.json"
 TARGET_MODULES = ["query", "key", "value", "dense"]
+BASE_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"  # what other tools resolve, not this machine's path
 
 
 @dataclass(frozen=True)
@@ -127,8 +129,11 @@ def _install(peft_model, report: TuneReport, root: Path) -> None:
     previous = _current_folder(root)
     staging = Path(tempfile.mkdtemp(dir=root, prefix=".encoder-staging-"))
     try:
+        peft_model.peft_config["default"].base_model_name_or_path = BASE_MODEL_ID
         peft_model.save_pretrained(staging, safe_serialization=True)
+        (staging / "README.md").unlink(missing_ok=True)  # PEFT's blank model card
         (staging / REPORT_FILE).write_text(json.dumps(asdict(report), indent=2) + "\n")
+        _readable(staging)
         digest = hashlib.sha256((staging / "adapter_model.safetensors").read_bytes()).hexdigest()[:12]
         folder = root / f"encoder-{digest}"
         if folder != previous:
@@ -143,6 +148,15 @@ def _install(peft_model, report: TuneReport, root: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
     if previous is not None and previous != folder:
         shutil.rmtree(previous, ignore_errors=True)
+
+
+def _readable(folder: Path) -> None:
+    """mkdtemp makes a private folder; the installed one gets the usual permissions under the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.iterdir():
+        path.chmod(0o666 & ~umask)
 
 
 def _current_folder(root: Path) -> Path | None:

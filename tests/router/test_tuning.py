@@ -39,11 +39,13 @@ def _separation(encoder) -> float:
 def test_adapter_is_standard_peft_and_pointer_names_it(tuned):
     root, report = tuned
     folder = root / json.loads((root / POINTER_FILE).read_text())["folder"]
-    assert {"adapter_config.json", "adapter_model.safetensors", "tuning.json"} <= {p.name for p in folder.iterdir()}
+    assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
+                                                        "tuning.json"]
     assert [p.name for p in root.iterdir() if p.is_dir()] == [folder.name]
     assert not [p for p in root.rglob("*") if p.suffix in {".bin", ".pt", ".pkl", ".pickle"}]
     config = json.loads((folder / "adapter_config.json").read_text())
     assert (config["peft_type"], config["r"]) == ("LORA", QUICK.rank)
+    assert config["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert report.classes == [*sorted(EXAMPLES), "general"] == tuned_classes(root)
     assert report.steps == int(QUICK.epochs * report.questions / QUICK.batch_size) and np.isfinite(report.final_loss)
 
