@@ -134,8 +134,8 @@ def _install(peft_model, report: TuneReport, root: Path) -> None:
         (staging / "README.md").unlink(missing_ok=True)  # PEFT's blank model card
         (staging / REPORT_FILE).write_text(json.dumps(asdict(report), indent=2) + "\n")
         _readable(staging)
-        digest = hashlib.sha256((staging / "adapter_model.safetensors").read_bytes()).hexdigest()[:12]
-        folder = root / f"encoder-{digest}"
+        digest = hashlib.sha256(b"".join((staging / f).read_bytes() for f in sorted(os.listdir(staging))))
+        folder = root / f"encoder-{digest.hexdigest()[:12]}"
         if folder != previous:
             shutil.rmtree(folder, ignore_errors=True)
             staging.rename(folder)

@@ -122,3 +122,17 @@ def test_bad_examples_are_refused_before_any_work(tmp_path):
 
 def _folder(root, report):
     return root / json.loads((root / POINTER_FILE).read_text())["folder"]
+
+
+def test_retuning_switches_to_the_new_adapter_and_removes_the_old(tuned, tmp_path):
+    import shutil
+
+    root, _ = tuned
+    copy = tmp_path / "root"
+    shutil.copytree(root, copy)
+    old = _folder(copy, None)
+    report = tune_encoder(EXAMPLES, GENERAL, copy, config=TuneConfig(epochs=1, batch_size=8, seed=1))
+    new = _folder(copy, None)
+    assert new != old and not old.exists() and [p for p in copy.iterdir() if p.is_dir()] == [new]
+    assert json.loads((new / "tuning.json").read_text())["config"]["seed"] == 1 == report.config["seed"]
+    assert load_encoder(copy).name == f"all-MiniLM-L6-v2+{new.name}"
