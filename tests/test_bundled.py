@@ -10,7 +10,8 @@ from experts.base_model import load_base_model
 from experts.engine import TorchBackend
 from experts.rebuild import DOMAINS
 from experts.registry import Registry
-from router import Gate, SentenceEncoder, training_hash
+from router import Gate, training_hash
+from router.tuning import load_encoder, tuned_classes
 
 pytestmark = pytest.mark.real_model
 
@@ -27,7 +28,9 @@ def test_the_four_experts_are_registered_with_their_training_questions():
 
 def test_the_saved_gate_matches_the_experts_so_a_fresh_start_does_not_refit():
     registry = Registry(BUNDLED_DIR)
-    gate = Gate.load(BUNDLED_DIR / GATE_DIR, SentenceEncoder())
+    encoder = load_encoder(BUNDLED_DIR)
+    assert "+encoder-" in encoder.name and tuned_classes(BUNDLED_DIR) == [*sorted(DOMAINS), "general"]
+    gate = Gate.load(BUNDLED_DIR / GATE_DIR, encoder)
     questions = {name: registry.questions(name) for name in registry.names()}
     assert gate.training_hash == training_hash(questions, general_questions(BUNDLED_DIR))
     assert gate.experts == tuple(sorted(DOMAINS))
