@@ -182,12 +182,11 @@ def load_encoder(root: str | Path, *, device: str = "cpu") -> SentenceEncoder:
 
 
 def tuned_classes(root: str | Path) -> list[str] | None:
-    """The classes the encoder in `root` was tuned on (None if untuned), to tell when a re-tune would help."""
-    folder = _current_folder(Path(root))
-    if folder is None:
-        return None
+    """The classes the encoder in `root` was tuned on, to tell when a re-tune would help; None if there is no
+    readable tuned encoder (`load_encoder` is the one that reports a broken one)."""
     try:
-        return list(json.loads((folder / REPORT_FILE).read_text())["classes"])
+        folder = _current_folder(Path(root))
+        return None if folder is None else list(json.loads((folder / REPORT_FILE).read_text())["classes"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

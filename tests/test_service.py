@@ -125,7 +125,8 @@ def test_tune_router_cli_errors(tmp_path):
 def test_broken_tuned_encoder_falls_back_to_plain_minilm_with_a_warning(tiny_model_dir, experts_dir, tmp_path):
     broken = tmp_path / "experts"
     shutil.copytree(experts_dir, broken)
-    (broken / "encoder.json").write_text('{"folder": "encoder-missing"}')
+    (broken / "encoder.json").write_text('{"folder": ')
+    shutil.rmtree(broken / "gate", ignore_errors=True)  # the gate is refit too, past the broken pointer
     service = ExpertGate(AppConfig(base_model=str(tiny_model_dir), device="cpu", experts_dir=broken,
                                    cache_dir=tmp_path / "cache", max_new_tokens=2))
     assert service.encoder.name == "all-MiniLM-L6-v2"

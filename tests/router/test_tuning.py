@@ -81,6 +81,7 @@ def test_broken_pointer_or_adapter_is_a_clear_error(tmp_path, tuned):
     (tmp_path / POINTER_FILE).write_text("{not json")
     with pytest.raises(ValueError, match="encoder.json is unreadable"):
         load_encoder(tmp_path)
+    assert tuned_classes(tmp_path) is None
     (tmp_path / POINTER_FILE).write_text(json.dumps({"folder": "../elsewhere"}))
     with pytest.raises(ValueError, match="not an encoder-<sha> folder"):
         load_encoder(tmp_path)
