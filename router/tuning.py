@@ -35,10 +35,11 @@ BASE_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"  # what other tools res
 
 @dataclass(frozen=True)
 class TuneConfig:
-    """Defaults chosen on the project's data: 3 epochs moved held-out domain accuracy most without hurting the
-    fallback on general questions; `scale` is the cosine classifier's inverse temperature."""
+    """Defaults chosen on a 75/25 split of the training questions, no eval file: the held-back quarter's domain
+    accuracy was 0.897 with plain MiniLM, 0.907 after a full fine-tune, 0.915 / 0.918 / 0.922 with this LoRA at
+    lr 2e-4 x 3 epochs / 5e-4 x 3 / 5e-4 x 5. `scale` is the cosine classifier's inverse temperature."""
 
-    epochs: float = 3.0
+    epochs: float = 5.0
     lr: float = 5e-4
     rank: int = 16
     batch_size: int = 32
