@@ -127,7 +127,10 @@ def _centroids(encoder: SentenceEncoder, texts: list[str], y: torch.Tensor, clas
 def _install(peft_model, report: TuneReport, root: Path) -> None:
     """Write the adapter beside the one in use, then switch `encoder.json` to it; on any failure the old one stays."""
     root.mkdir(parents=True, exist_ok=True)
-    previous = _current_folder(root)
+    try:
+        previous = _current_folder(root)
+    except ValueError:
+        previous = None  # a broken pointer is what this install replaces, as its error message advises
     staging = Path(tempfile.mkdtemp(dir=root, prefix=".encoder-staging-"))
     try:
         peft_model.peft_config["default"].base_model_name_or_path = BASE_MODEL_ID
@@ -176,10 +179,7 @@ def _current_folder(root: Path) -> Path | None:
 
 def load_encoder(root: str | Path, *, device: str = "cpu") -> SentenceEncoder:
     """The encoder tuned for `root` if one was installed there, else plain MiniLM; ValueError if it is broken."""
-    folder = _current_folder(Path(root))
-    if folder is None:
-        return SentenceEncoder(device=device)
-    return SentenceEncoder(device=device, adapter=folder)
+    return SentenceEncoder(device=device, adapter=_current_folder(Path(root)))
 
 
 def tuned_classes(root: str | Path) -> list[str] | None:

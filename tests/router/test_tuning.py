@@ -137,3 +137,9 @@ def test_retuning_switches_to_the_new_adapter_and_removes_the_old(tuned, tmp_pat
     assert new != old and not old.exists() and [p for p in copy.iterdir() if p.is_dir()] == [new]
     assert json.loads((new / "tuning.json").read_text())["config"]["seed"] == 1 == report.config["seed"]
     assert load_encoder(copy).name == f"all-MiniLM-L6-v2+{new.name}"
+
+
+def test_tuning_again_repairs_a_broken_pointer(tmp_path):
+    (tmp_path / POINTER_FILE).write_text("{not json")
+    tune_encoder(EXAMPLES, GENERAL, tmp_path, config=TuneConfig(epochs=1, batch_size=8))
+    assert load_encoder(tmp_path).name == f"all-MiniLM-L6-v2+{_folder(tmp_path, None).name}"
