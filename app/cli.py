@@ -47,13 +47,24 @@ def _model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--experts-dir", help="folder of registered experts (env EXPERTGATE_EXPERTS_DIR)")
 
 
-def _positive_float(text: str) -> float:
+def _number(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def _positive_float(text: str) -> float:
+    value = _number(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
+def _share(text: str) -> float:
+    value = _number(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, got {text}")
     return value
 
 
@@ -127,6 +138,8 @@ def _route_command(commands) -> None:
     tune.add_argument("--epochs", type=_positive_float)
     tune.add_argument("--lr", type=_positive_float)
     tune.add_argument("--seed", type=int)
+    tune.add_argument("--held-out", type=_share, help="share of questions kept out of tuning, on which the gate "
+                                                      "calibrates (default 0.2)")
     tune.add_argument("--json", action="store_true")
     tune.add_argument("--experts-dir", help="folder of registered experts (env EXPERTGATE_EXPERTS_DIR)")
     tune.set_defaults(run=_lazy("app.route_commands", "tune_router"))

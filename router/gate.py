@@ -18,7 +18,7 @@ from router.training import FitReport, LinearGate, fit_linear, training_hash, tr
 
 WEIGHTS_FILE = "gate.safetensors"
 CONFIG_FILE = "gate.json"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 class Gate:
@@ -52,7 +52,7 @@ class Gate:
 
         With `cache_dir`, embeddings are kept there by content hash, so refitting after adding an expert
         only encodes its questions. `folds`-fold cross-validation inside the examples sets the calibration
-        temperature and the fallback threshold (3 folds did as well as 5 in nested cross-validation and keep a
+        temperature and the fallback threshold, on the questions the encoder was not tuned on (3 folds did as well as 5 in nested cross-validation and keep a
         refit ~40% faster); `c` is the inverse L2 regularisation strength; `lexical` sets the hashed n-gram block
         (`Lexical(0, 0)` leaves the embedding alone).
         """
@@ -60,7 +60,8 @@ class Gate:
         x = EmbeddingCache(cache_dir, encoder).embed(texts) if cache_dir is not None else encoder.encode(texts)
         hashed = lexical.transform(texts)
         columns = seen_columns(hashed)
-        linear = fit_linear(_join(x, hashed, columns), y, labels, c=c, folds=folds, seed=seed)
+        linear = fit_linear(_join(x, hashed, columns), y, labels, c=c, folds=folds, seed=seed,
+                            unseen=~encoder.tuned_on(texts))
         return cls(linear, encoder, lexical, columns, min_weight=min_weight,
                    data_hash=training_hash(examples, general))
 

@@ -19,10 +19,14 @@ MIN_PER_CLASS = 2
 
 @dataclass(frozen=True)
 class FitReport:
-    """How the gate did on its own held-out folds; saved with it so a refit can be compared."""
+    """How the gate did on its own held-out folds; saved with it so a refit can be compared.
+
+    `calibration_rows` of the `n` out-of-fold rows set the temperature and threshold and score the rest of it:
+    those the encoder was not trained on."""
 
     n: int
     folds: int
+    calibration_rows: int
     temperature: float
     ece_raw: float
     ece_calibrated: float
@@ -79,32 +83,37 @@ def _check_texts(what: str, texts: list[str]) -> None:
 
 
 def fit_linear(x: np.ndarray | sp.spmatrix, y: np.ndarray, labels: tuple[str, ...], *, c: float, folds: int,
-               seed: int) -> LinearGate:
+               seed: int, unseen: np.ndarray | None = None) -> LinearGate:
     """Out-of-fold logits give the temperature and the threshold; the final classifier is fit on all of `x`.
 
-    `x` is (N, F) features, dense or scipy-sparse. BLAS runs single-threaded here: on a small shared CPU,
-    threads fighting over these small matrices made each fit 20-50x slower.
+    `x` is (N, F) features, dense or scipy-sparse. `unseen` (N,) bool marks the rows whose question the encoder
+    was not trained on: a tuned encoder makes its own training questions look easier than new ones, so only
+    those rows calibrate, unless some class has fewer than `MIN_PER_CLASS` of them. BLAS runs single-threaded
+    here: on a small shared CPU, threads fighting over these small matrices made each fit 20-50x slower.
     """
     with threadpool_limits(limits=1):
-        return _fit_linear(x, y, labels, c=c, folds=folds, seed=seed)
+        return _fit_linear(x, y, labels, c=c, folds=folds, seed=seed, unseen=unseen)
 
 
 def _fit_linear(x: np.ndarray | sp.spmatrix, y: np.ndarray, labels: tuple[str, ...], *, c: float, folds: int,
-                seed: int) -> LinearGate:
+                seed: int, unseen: np.ndarray | None) -> LinearGate:
     folds = max(2, min(folds, int(np.bincount(y).min())))
     oof = np.zeros((len(y), len(labels)))
     for train, held in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y):
         oof[held] = _classifier(c, seed).fit(x[train], y[train]).decision_function(x[held])
+    rows = unseen if unseen is not None and np.bincount(y[unseen], minlength=len(labels)).min() >= MIN_PER_CLASS \
+        else np.ones(len(y), dtype=bool)
+    oof, y_cal = oof[rows], y[rows]
 
-    temperature = fit_temperature(oof, y)
-    ece_raw = expected_calibration_error(softmax(oof), y)
-    ece_calibrated = expected_calibration_error(softmax(oof, temperature), y)
+    temperature = fit_temperature(oof, y_cal)
+    ece_raw = expected_calibration_error(softmax(oof), y_cal)
+    ece_calibrated = expected_calibration_error(softmax(oof, temperature), y_cal)
     if ece_calibrated >= ece_raw:
         temperature, ece_calibrated = 1.0, ece_raw
-    threshold, score = choose_threshold(softmax(oof, temperature), y)
+    threshold, score = choose_threshold(softmax(oof, temperature), y_cal)
 
     final = _classifier(c, seed).fit(x, y)
-    report = FitReport(len(y), folds, temperature, ece_raw, ece_calibrated, threshold, score)
+    report = FitReport(len(y), folds, int(rows.sum()), temperature, ece_raw, ece_calibrated, threshold, score)
     # safetensors.numpy writes the raw buffer: a Fortran-ordered coef_ would load back scrambled.
     coef = np.ascontiguousarray(final.coef_, dtype=np.float32)
     intercept = np.ascontiguousarray(final.intercept_, dtype=np.float32)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from router.atomic import atomic_write
 from router.encoder import SentenceEncoder
+from router.heldout import held_out
 from router.training import training_hash, training_set
 
 POINTER_FILE = "encoder.json"
@@ -37,7 +38,8 @@ BASE_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"  # what other tools res
 class TuneConfig:
     """Defaults chosen on a 75/25 split of the training questions, no eval file: the held-back quarter's domain
     accuracy was 0.897 with plain MiniLM, 0.907 after a full fine-tune, 0.915 / 0.918 / 0.922 with this LoRA at
-    lr 2e-4 x 3 epochs / 5e-4 x 3 / 5e-4 x 5. `scale` is the cosine classifier's inverse temperature."""
+    lr 2e-4 x 3 epochs / 5e-4 x 3 / 5e-4 x 5. `scale` is the cosine classifier's inverse temperature.
+    `held_out` is the share of questions (router.heldout) left out of tuning for the gate to calibrate on."""
 
     epochs: float = 5.0
     lr: float = 5e-4
@@ -45,6 +47,7 @@ class TuneConfig:
     batch_size: int = 32
     scale: float = 20.0
     seed: int = 0
+    held_out: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class TuneReport:
 
     classes: list[str]
     questions: int
+    held_out: int
     steps: int
     seconds: float
     final_loss: float
@@ -72,6 +76,11 @@ def tune_encoder(examples: dict[str, list[str]], general: list[str], root: str |
     from peft import LoraConfig, get_peft_model
 
     labels, texts, y = training_set(examples, general)
+    kept = ~held_out(texts, config.held_out)
+    if len(set(y[kept])) < len(labels):
+        raise ValueError(f"holding out {config.held_out:.0%} of the questions leaves a class with none to tune on: "
+                         "give every class more questions")
+    texts, y = [t for t, k in zip(texts, kept) if k], y[kept]
     torch.manual_seed(config.seed)
     encoder = SentenceEncoder(device=device)
     model = encoder._model
@@ -81,8 +90,8 @@ def tune_encoder(examples: dict[str, list[str]], general: list[str], root: str |
         r=config.rank, lora_alpha=2 * config.rank, lora_dropout=0.0, target_modules=TARGET_MODULES))
     start = time.perf_counter()
     steps, loss = _train(model, head, texts, targets, config, on_step)
-    report = TuneReport(list(labels), len(texts), steps, round(time.perf_counter() - start, 1), round(loss, 4),
-                        training_hash(examples, general), encoder.name, asdict(config))
+    report = TuneReport(list(labels), len(texts), int((~kept).sum()), steps, round(time.perf_counter() - start, 1),
+                        round(loss, 4), training_hash(examples, general), encoder.name, asdict(config))
     _install(peft_model, report, Path(root))
     return report
 
@@ -179,7 +188,24 @@ def _current_folder(root: Path) -> Path | None:
 
 def load_encoder(root: str | Path, *, device: str = "cpu") -> SentenceEncoder:
     """The encoder tuned for `root` if one was installed there, else plain MiniLM; ValueError if it is broken."""
-    return SentenceEncoder(device=device, adapter=_current_folder(Path(root)))
+    folder = _current_folder(Path(root))
+    if folder is None:
+        return SentenceEncoder(device=device)
+    return SentenceEncoder(device=device, adapter=folder, held_out_share=_held_out_share(folder))
+
+
+def _held_out_share(folder: Path) -> float:
+    """The share of questions the tuning in `folder` left out; 0, so every question counts as seen, for an
+    adapter without a report or from before the held-out share."""
+    if not (folder / REPORT_FILE).exists():
+        return 0.0
+    try:
+        share = json.loads((folder / REPORT_FILE).read_text())["config"].get("held_out", 0.0)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"encoder adapter {folder} has no readable {REPORT_FILE} ({err}): tune it again") from None
+    if not isinstance(share, (int, float)) or not 0.0 <= share < 1.0:
+        raise ValueError(f"{folder / REPORT_FILE} gives a held-out share of {share!r}, not a number in [0, 1)")
+    return float(share)
 
 
 def tuned_classes(root: str | Path) -> list[str] | None:

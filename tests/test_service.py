@@ -102,11 +102,13 @@ def test_eval_router_cli(experts_dir, tmp_path):
 def test_tune_router_cli_installs_an_encoder_the_gate_then_uses(experts_dir, tmp_path):
     tuned = tmp_path / "experts"
     shutil.copytree(experts_dir, tuned)
-    result = cli("tune-router", "--epochs", "1", "--json", "--experts-dir", str(tuned))
+    result = cli("tune-router", "--epochs", "1", "--held-out", "0.25", "--json", "--experts-dir", str(tuned))
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["tuning"]["classes"] == ["code", "finance", "legal", "medical", "general"]
     assert report["tuning"]["steps"] == report["tuning"]["questions"] // 32 > 0
+    assert report["tuning"]["config"]["held_out"] == 0.25
+    assert report["gate"]["calibration_rows"] == report["tuning"]["held_out"] > 0
     folder = json.loads((tuned / "encoder.json").read_text())["folder"]
     gate = json.loads((tuned / "gate" / "gate.json").read_text())
     assert gate["encoder"]["name"] == f"all-MiniLM-L6-v2+{folder}"
@@ -120,6 +122,8 @@ def test_tune_router_cli_errors(tmp_path):
     assert result.returncode == 2 and "no experts are registered" in result.stderr and "Traceback" not in result.stderr
     result = cli("tune-router", "--epochs", "0", "--experts-dir", str(tmp_path))
     assert result.returncode == 2 and "must be above 0" in result.stderr
+    result = cli("tune-router", "--held-out", "1", "--experts-dir", str(tmp_path))
+    assert result.returncode == 2 and "must be at least 0 and below 1" in result.stderr
 
 
 def test_broken_tuned_encoder_falls_back_to_plain_minilm_with_a_warning(tiny_model_dir, experts_dir, tmp_path):

@@ -10,8 +10,10 @@ import numpy as np
 class HashingEncoder:
     """Each word adds a signed one-hot at its md5 bucket; rows are L2-normalised. Counts calls and texts encoded."""
 
-    def __init__(self, dim: int = 256, max_tokens: int = 32, name: str = "hashing-bow") -> None:
+    def __init__(self, dim: int = 256, max_tokens: int = 32, name: str = "hashing-bow",
+                 tuned: frozenset[str] = frozenset()) -> None:
         self.name = name
+        self.tuned = tuned
         self.dim = dim
         self.max_tokens = max_tokens
         self.calls = 0
@@ -30,6 +32,9 @@ class HashingEncoder:
 
     def token_count(self, text: str) -> int:
         return len(self._words(text)) + 2
+
+    def tuned_on(self, texts: list[str]) -> np.ndarray:
+        return np.array([t in self.tuned for t in texts], dtype=bool)
 
     @staticmethod
     def _words(text: str) -> list[str]:

@@ -36,6 +36,21 @@ def test_threshold_is_chosen_and_reported(gate):
     assert 0.0 <= gate.report.ece_calibrated <= gate.report.ece_raw
 
 
+def test_calibrates_on_the_questions_the_encoder_was_not_tuned_on():
+    every = [q for questions in EXAMPLES.values() for q in questions] + GENERAL
+    assert Gate.fit(EXAMPLES, GENERAL, HashingEncoder()).report.calibration_rows == len(every)
+    tuned = frozenset(every[::2])
+    gate = Gate.fit(EXAMPLES, GENERAL, HashingEncoder(tuned=tuned))
+    assert gate.report.calibration_rows == sum(q not in tuned for q in every) < len(every)
+    assert gate.report.n == len(every)
+
+
+def test_calibrates_on_every_question_when_a_class_has_too_few_unseen():
+    every = [q for questions in EXAMPLES.values() for q in questions] + GENERAL
+    gate = Gate.fit(EXAMPLES, GENERAL, HashingEncoder(tuned=frozenset(every) - {GENERAL[0]}))
+    assert gate.report.calibration_rows == len(every)
+
+
 @pytest.mark.parametrize("top_k", [1, 2, 3, 4])
 def test_weights_sum_to_one_and_respect_top_k(gate, top_k):
     for d in gate.route_batch(["What is a good credit score for a mortgage loan contract?",

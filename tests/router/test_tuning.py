@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from router import SentenceEncoder
+from router.heldout import held_out
+from router.training import training_set
 from router.tuning import POINTER_FILE, TuneConfig, load_encoder, tune_encoder, tuned_classes
 from tests.router.fakes import EXAMPLES, GENERAL
 
@@ -48,6 +50,32 @@ def test_adapter_is_standard_peft_and_pointer_names_it(tuned):
     assert config["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert report.classes == [*sorted(EXAMPLES), "general"] == tuned_classes(root)
     assert report.steps == int(QUICK.epochs * report.questions / QUICK.batch_size) and np.isfinite(report.final_loss)
+
+
+def test_held_out_questions_are_left_out_of_tuning_and_known_to_the_encoder(tuned, plain):
+    root, report = tuned
+    _, texts, _ = training_set(EXAMPLES, GENERAL)
+    out = held_out(texts, QUICK.held_out)
+    assert 0 < report.held_out == out.sum() and report.questions == len(texts) - out.sum()
+    assert (load_encoder(root).tuned_on(texts) == ~out).all()
+    assert not plain.tuned_on(texts).any()
+
+
+def test_a_tuning_without_a_held_out_share_counts_every_question_as_seen(tuned, tmp_path):
+    import shutil
+
+    copy = tmp_path / "root"
+    shutil.copytree(tuned[0], copy)
+    report = _folder(copy, None) / "tuning.json"
+    saved = json.loads(report.read_text())
+    del saved["config"]["held_out"]
+    report.write_text(json.dumps(saved))
+    assert load_encoder(copy).tuned_on(GENERAL).all()
+    report.unlink()
+    assert load_encoder(copy).tuned_on(GENERAL).all()
+    report.write_text("{oops")
+    with pytest.raises(ValueError, match="has no readable tuning.json"):
+        load_encoder(copy)
 
 
 def test_tuned_encoder_separates_the_classes_better(tuned, plain):
