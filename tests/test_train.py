@@ -33,6 +33,8 @@ def test_train_writes_registers_and_loads(tiny_base, tiny_model_dir, data_file, 
     assert sorted(p.name for p in (tmp_path / "experts").iterdir()) == [LOCK_FILE, "finance", REGISTRY_FILE]
     assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
                                                         "expert.json", "questions.jsonl"]
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == tiny_base.hub_id == str(tiny_base.folder)
     tensors = load_file(str(folder / "adapter_model.safetensors"))
     assert tensors and all(t.dtype == torch.float16 for t in tensors.values())
     manifest = json.loads((folder / "expert.json").read_text())
