@@ -139,7 +139,7 @@ def _route_command(commands) -> None:
     tune.add_argument("--lr", type=_positive_float)
     tune.add_argument("--seed", type=int)
     tune.add_argument("--held-out", type=_share, help="share of questions kept out of tuning, on which the gate "
-                                                      "calibrates (default 0.2)")
+                                                      "calibrates (default 0.1)")
     tune.add_argument("--json", action="store_true")
     tune.add_argument("--experts-dir", help="folder of registered experts (env EXPERTGATE_EXPERTS_DIR)")
     tune.set_defaults(run=_lazy("app.route_commands", "tune_router"))

@@ -5,7 +5,8 @@
 For every setting: outer stratified folds of data/*/train.jsonl (general included); `Gate.fit` on the other
 folds, which sets temperature and threshold on its own inner folds, then routes the held-out fold. Prints JSON,
 per setting, router_eval.py's summary numbers pooled over the outer folds. It embeds with plain MiniLM: the
-shipped encoder's LoRA was tuned on all of train.jsonl, so no fold would be held out from it.
+shipped encoder's LoRA was tuned on nine tenths of train.jsonl, spread over every fold, so no fold would be
+held out from it.
 """
 from __future__ import annotations
 

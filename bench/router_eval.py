@@ -6,7 +6,8 @@
 Every data/<domain>/ with a train.jsonl is an expert, except data/general/, whose questions are the
 off-domain class the gate falls back on. Held out: each domain's eval.jsonl labelled with the domain,
 data/general/eval.jsonl labelled "general", and data/general/boundary.jsonl (hard near-boundary cases,
-each with its own domain). Threshold and calibration come from folds of the training data only.
+each with its own domain). Threshold and calibration come from folds of the training data only, and only from
+the training questions the encoder's tuning held out (router.heldout).
 
 The encoder: "shipped" is the one the app uses (MiniLM with the LoRA tuned in experts/bundled, itself tuned
 on the same train.jsonl questions), "plain" is MiniLM as published, "tune" tunes one here from train.jsonl
