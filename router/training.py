@@ -128,20 +128,27 @@ def choose_threshold(probabilities: np.ndarray, y: np.ndarray) -> tuple[float, f
     """The top-expert probability under which to fall back that maximises balanced routing accuracy.
 
     A row is right when it falls back and is general, or routes to its own expert as top-1 without falling back.
-    Balanced: the mean over classes, so a small general class weighs as much as a big expert. Ties take the
-    middle of the best range, keeping distance from both kinds of error. "general" is the last column.
+    Balanced: the mean over classes, so a small general class weighs as much as a big expert. Every threshold
+    within one standard error of the best score counts as best, and the middle of those is taken: on a few
+    hundred calibration rows a one-question bump is noise, and the middle keeps distance from both kinds of
+    error. "general" is the last column.
     """
     general = probabilities.shape[1] - 1
     experts = probabilities[:, :general]
     top = experts.argmax(axis=1)
     top_p = experts.max(axis=1)
     general_wins = probabilities[:, general] >= top_p
+    classes = np.unique(y)
+    counts = np.array([(y == k).sum() for k in classes])
     candidates = np.round(np.arange(0.0, 1.0, 0.01), 2)
-    scores = []
+    accuracy = []
     for t in candidates:
         fallback = general_wins | (top_p < t)
         right = np.where(y == general, fallback, ~fallback & (top == y))
-        scores.append(np.mean([right[y == k].mean() for k in np.unique(y)]))
-    scores = np.asarray(scores)
-    best = np.flatnonzero(scores >= scores.max() - 1e-9)
+        accuracy.append([right[y == k].mean() for k in classes])
+    accuracy = np.asarray(accuracy)
+    scores = accuracy.mean(axis=1)
+    peak = accuracy[scores.argmax()]
+    error = np.sqrt(np.sum(peak * (1 - peak) / counts)) / len(classes)
+    best = np.flatnonzero(scores >= scores.max() - error - 1e-9)
     return float(candidates[best[len(best) // 2]]), float(scores.max())
