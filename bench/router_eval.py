@@ -1,7 +1,7 @@
 """How well the gate routes held-out questions: fit on data/*/train.jsonl, score on the eval and boundary files.
 
     python bench/router_eval.py --json [--data data] [--top-k 2] [--out bench/results/router_eval.json]
-        [--encoder shipped|plain|tune] [--tune-without DOMAIN]
+        [--encoder shipped|plain|tune] [--tune-without DOMAIN] [--held-out SHARE]
 
 Every data/<domain>/ with a train.jsonl is an expert, except data/general/, whose questions are the
 off-domain class the gate falls back on. Held out: each domain's eval.jsonl labelled with the domain,
@@ -12,7 +12,8 @@ the training questions the encoder's tuning held out (router.heldout).
 The encoder: "shipped" is the one the app uses (MiniLM with the LoRA tuned in experts/bundled, itself tuned
 on the same train.jsonl questions), "plain" is MiniLM as published, "tune" tunes one here from train.jsonl
 (minutes). `--tune-without legal` leaves that domain out of the tuning but not out of the gate: how a domain
-added after the encoder was tuned is routed.
+added after the encoder was tuned is routed. `--held-out` sets the share of questions the tuning leaves out
+for calibration (router.tuning.TuneConfig's default otherwise).
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from experts import BUNDLED_DIR  # noqa: E402
 from router import GENERAL, Gate, SentenceEncoder, evaluate, load_labelled  # noqa: E402
-from router.tuning import load_encoder, tune_encoder  # noqa: E402
+from router.tuning import TuneConfig, load_encoder, tune_encoder  # noqa: E402
 
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "expertgate" / "router"
 
@@ -75,10 +76,11 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the full JSON result (else a summary)")
     parser.add_argument("--encoder", choices=["shipped", "plain", "tune"], default="shipped")
     parser.add_argument("--tune-without", help="with --encoder tune: a domain left out of the tuning")
+    parser.add_argument("--held-out", type=float, help="with --encoder tune: share of questions left out of it")
     args = parser.parse_args()
 
-    if args.tune_without and args.encoder != "tune":
-        raise SystemExit("--tune-without needs --encoder tune")
+    if (args.tune_without or args.held_out is not None) and args.encoder != "tune":
+        raise SystemExit("--tune-without and --held-out need --encoder tune")
     experts, general = training_data(args.data)
     tuning = None
     if args.encoder == "plain":
@@ -89,7 +91,9 @@ def main() -> None:
         if args.tune_without is not None and args.tune_without not in experts:
             raise SystemExit(f"--tune-without {args.tune_without!r} is not one of {', '.join(experts)}")
         with tempfile.TemporaryDirectory() as folder:
-            tuning = tune_encoder({k: v for k, v in experts.items() if k != args.tune_without}, general, folder)
+            config = TuneConfig() if args.held_out is None else TuneConfig(held_out=args.held_out)
+            tuning = tune_encoder({k: v for k, v in experts.items() if k != args.tune_without}, general, folder,
+                                  config=config)
             encoder = load_encoder(folder)
     start = time.perf_counter()
     # an encoder tuned in this run is never seen again: caching its embeddings would only leave files behind
