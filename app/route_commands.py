@@ -87,7 +87,8 @@ def tune_router(args) -> int:
     names = registry.names()
     if not names:
         raise InputError(f"no experts are registered in {config.experts_dir}: nothing to tune the gate for")
-    settings = TuneConfig(**{k: getattr(args, k) for k in ("epochs", "lr", "seed", "held_out") if getattr(args, k) is not None})
+    given = {k: getattr(args, k) for k in ("epochs", "lr", "seed", "held_out")}
+    settings = TuneConfig(**{k: v for k, v in given.items() if v is not None})
     try:
         report = tune_encoder({n: registry.questions(n) for n in names}, general_questions(registry.root),
                               registry.root, config=settings, on_step=_progress)

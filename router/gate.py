@@ -52,9 +52,9 @@ class Gate:
 
         With `cache_dir`, embeddings are kept there by content hash, so refitting after adding an expert
         only encodes its questions. `folds`-fold cross-validation inside the examples sets the calibration
-        temperature and the fallback threshold, on the questions the encoder was not tuned on (3 folds did as well as 5 in nested cross-validation and keep a
-        refit ~40% faster); `c` is the inverse L2 regularisation strength; `lexical` sets the hashed n-gram block
-        (`Lexical(0, 0)` leaves the embedding alone).
+        temperature and the fallback threshold on the questions the encoder was not tuned on (3 folds did as
+        well as 5 in nested cross-validation and keep a refit ~40% faster); `c` is the inverse L2 regularisation
+        strength; `lexical` sets the hashed n-gram block (`Lexical(0, 0)` leaves the embedding alone).
         """
         labels, texts, y = training_set(examples, general)
         x = EmbeddingCache(cache_dir, encoder).embed(texts) if cache_dir is not None else encoder.encode(texts)

@@ -21,8 +21,8 @@ MIN_PER_CLASS = 2
 class FitReport:
     """How the gate did on its own held-out folds; saved with it so a refit can be compared.
 
-    `calibration_rows` of the `n` out-of-fold rows set the temperature and threshold and score the rest of it:
-    those the encoder was not trained on."""
+    `calibration_rows` of the `n` out-of-fold rows, those whose question the encoder was not trained on, set
+    the temperature and threshold and give the ECEs and the balanced accuracy below."""
 
     n: int
     folds: int
