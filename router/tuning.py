@@ -196,15 +196,24 @@ def load_encoder(root: str | Path, *, device: str = "cpu") -> SentenceEncoder:
     return SentenceEncoder(device=device, adapter=folder, held_out_share=_held_out_share(folder))
 
 
+def _report(folder: Path) -> dict:
+    """The tuning.json in `folder` as a dict; ValueError when it is missing or unreadable."""
+    try:
+        report = json.loads((folder / REPORT_FILE).read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"encoder adapter {folder} has no readable {REPORT_FILE} ({err}): tune it again") from None
+    if not isinstance(report, dict):
+        raise ValueError(f"{folder / REPORT_FILE} is not a JSON object: tune it again")
+    return report
+
+
 def _held_out_share(folder: Path) -> float:
     """The share of questions the tuning in `folder` left out; 0, so every question counts as seen, for an
     adapter without a report or from before the held-out share."""
     if not (folder / REPORT_FILE).exists():
         return 0.0
-    try:
-        share = json.loads((folder / REPORT_FILE).read_text())["config"].get("held_out", 0.0)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-        raise ValueError(f"encoder adapter {folder} has no readable {REPORT_FILE} ({err}): tune it again") from None
+    config = _report(folder).get("config")
+    share = config.get("held_out", 0.0) if isinstance(config, dict) else None
     if not isinstance(share, (int, float)) or not 0.0 <= share < 1.0:
         raise ValueError(f"{folder / REPORT_FILE} gives a held-out share of {share!r}, not a number in [0, 1)")
     return float(share)
@@ -215,7 +224,6 @@ def tuned_classes(root: str | Path) -> list[str] | None:
     readable tuned encoder (`load_encoder` is the one that reports a broken one)."""
     try:
         folder = _current_folder(Path(root))
-        return None if folder is None else list(json.loads((folder / REPORT_FILE).read_text())["classes"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return None if folder is None else list(_report(folder)["classes"])
+    except (ValueError, KeyError, TypeError):
         return None
-

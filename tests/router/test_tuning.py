@@ -76,6 +76,11 @@ def test_a_tuning_without_a_held_out_share_counts_every_question_as_seen(tuned, 
     report.write_text("{oops")
     with pytest.raises(ValueError, match="has no readable tuning.json"):
         load_encoder(copy)
+    assert tuned_classes(copy) is None
+    report.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="is not a JSON object"):
+        load_encoder(copy)
+    assert tuned_classes(copy) is None
 
 
 def test_tuned_encoder_separates_the_classes_better(tuned, plain):
