@@ -138,17 +138,22 @@ def test_weighted_rows_equal_merged_weights(backend, peft_model, tiny_model_dir,
         torch.testing.assert_close(ours[b, mask[b].bool()], want, atol=ATOL, rtol=RTOL)
 
 
-@pytest.mark.parametrize("rows", WEIGHTED)
-def test_one_token_rows_take_the_stacked_path_and_equal_merged_weights(backend, peft_model, tiny_model_dir, rows,
-                                                                       monkeypatch):
-    """Decode shape (one token per row): all experts in one GEMM, gated per row, must match the merged weights too."""
-    stacked = []
-    monkeypatch.setattr(LoraGroup, "_add_stacked", lambda self, *args, original=LoraGroup._add_stacked:
-                        stacked.append(original(self, *args)))
+FEW_RUNS = [(("a", 1.0),), (("a", 1.0),), (("b", 1.0),), ()]
+
+
+@pytest.mark.parametrize("rows, path", [(WEIGHTED[0], "_add_stacked"), (WEIGHTED[1], "_add_stacked"),
+                                        (FEW_RUNS, "_add_runs")])
+def test_one_token_rows_on_either_path_equal_merged_weights(backend, peft_model, tiny_model_dir, rows, path,
+                                                            monkeypatch):
+    """Decode shape (one token per row): with at least as many runs as experts, all experts in one GEMM gated per
+    row; with fewer runs (here two runs over three experts), one GEMM per run. Both must match the merged weights."""
+    taken = []
+    monkeypatch.setattr(LoraGroup, path, lambda self, *args, original=getattr(LoraGroup, path):
+                        taken.append(original(self, *args)))
     ids = torch.tensor([[7 + 3 * b] for b in range(len(rows))])
     with backend.mixer.routing(rows), torch.inference_mode():
         ours = backend.base.model(input_ids=ids).logits
-    assert stacked, "a one-token batch with as many runs as experts takes the stacked path"
+    assert taken, f"this one-token batch should take {path}"
     for b, row in enumerate(rows):
         with torch.inference_mode():
             want = merged_model(tiny_model_dir, peft_model, row)(input_ids=ids[b:b + 1]).logits[0]
