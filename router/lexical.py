@@ -25,10 +25,12 @@ class Lexical:
     Word n-grams skip English stop words: "what is a" says how a question is asked, not what it is about, and
     would tie short questions to whichever class asks most often in that form. Counts are damped to
     1 + log(count), each block of a row is L2-normalised and then multiplied by its weight, so a weight says how
-    far the block counts next to the unit-length embedding (0 leaves the block out).
+    far the block counts next to the unit-length embedding (0 leaves the block out). The word weight of 3.0 was
+    chosen on questions about terms the training data had never named (a later data batch routed by a gate fitted
+    on the data before it): 10 more of 471 right than at 1.5 and none fewer.
     """
 
-    word_weight: float = 1.5
+    word_weight: float = 3.0
     char_weight: float = 1.0
     word_ngrams: tuple[int, int] = (1, 2)
     char_ngrams: tuple[int, int] = (3, 4)
