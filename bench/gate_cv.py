@@ -49,7 +49,7 @@ def cross_validate(experts: dict[str, list[str]], general: list[str], encoder: S
         gate = Gate.fit({n: split[n] for n in labels[:-1]}, split[GENERAL], encoder, cache_dir=cache_dir, seed=seed,
                         **settings)
         for i, d in zip(held, gate.route_batch([texts[i] for i in held])):
-            predicted[i] = labels.index(GENERAL if d.fallback else d.experts[0].name)
+            predicted[i] = labels.index(d.routed)
             probabilities[i] = [d.probabilities[n] for n in labels]
     routed = predicted >= 0
     predicted, probabilities, y = predicted[routed], probabilities[routed], y[routed]

@@ -87,7 +87,7 @@ def main() -> None:
         start = time.perf_counter()
         refit = Gate.fit({**experts, "cooking": cooking}, general, encoder, cache_dir=tmp)
         refit_seconds = time.perf_counter() - start
-    routed = [d.experts[0].name if d.experts else "general" for d in refit.route_batch(
+    routed = [d.routed for d in refit.route_batch(
         ["How long do I roast a whole turkey?", "What herbs go in a tomato sauce?"])]
 
     result = {

@@ -5,8 +5,9 @@
 The held-out eval's errors are mostly terms no training question names, and every later data batch names new
 ones, so it gives hundreds of such questions without reading an eval file. The gate is fitted on
 data/*/train.jsonl as committed at `--since`, with the encoder shipped at that revision (tuned on that data), and
-routes the questions added to each file since (up to `--until`, else the working tree). With several `--lexical` settings the first is the baseline, and
-each other is compared with it question by question (exact McNemar test on the questions only one gets right).
+routes the questions added to each file since (up to `--until`, else the working tree). With several `--lexical`
+settings the first is the baseline, and each other is compared with it question by question (exact McNemar test
+on the questions only one gets right).
 """
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ def route(gate: Gate, added: dict[str, list[str]]) -> dict[str, list[bool]]:
     right = {}
     for name, qs in added.items():
         decisions = gate.route_batch(qs) if qs else []
-        right[name] = [(GENERAL if d.fallback else d.experts[0].name) == name for d in decisions]
+        right[name] = [d.routed == name for d in decisions]
     return right
 
 

@@ -37,13 +37,12 @@ class LoadStats:
             self._fixed = True
 
     def record(self, decision: RoutingDecision) -> None:
-        routed = decision.experts[0].name if decision.experts and not decision.fallback else GENERAL
         with self._lock:
             if not self._fixed:
                 for name in decision.probabilities:
                     if name != GENERAL:
                         self._experts.setdefault(name, self._total)
-            self._recent.append((routed, dict(decision.probabilities)))
+            self._recent.append((decision.routed, dict(decision.probabilities)))
             self._total += 1
 
     def snapshot(self) -> dict[str, Any]:

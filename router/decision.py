@@ -25,6 +25,11 @@ class RoutingDecision:
     reason: str
     truncated: bool
 
+    @property
+    def routed(self) -> str:
+        """The one class the question went to: its top expert, or "general" when the base model answers."""
+        return self.experts[0].name if self.experts and not self.fallback else GENERAL
+
     def to_json(self) -> dict[str, Any]:
         return {
             "experts": [{"name": e.name, "weight": e.weight} for e in self.experts],

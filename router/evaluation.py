@@ -26,7 +26,7 @@ def evaluate(gate: Gate, questions: list[str], domains: list[str], top_k: int = 
     if not questions:
         raise ValueError("nothing to evaluate: no questions")
     decisions = gate.route_batch(list(questions), top_k=top_k)
-    predicted = [GENERAL if d.fallback else d.experts[0].name for d in decisions]
+    predicted = [d.routed for d in decisions]
 
     names = sorted(set(domains) | set(predicted))
     confusion = {t: {p: 0 for p in names} for t in sorted(set(domains))}

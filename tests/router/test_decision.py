@@ -34,6 +34,13 @@ def test_unsure_top_expert_falls_back():
     assert d.reason == "top expert legal 0.41 under threshold 0.55: fallback"
 
 
+def test_routed_is_the_top_expert_or_general_on_fallback():
+    routed = decide({"finance": 0.5, "medical": 0.4, "general": 0.1}, top_k=2, threshold=0.3, min_weight=0.1)
+    assert routed.routed == "finance"
+    unsure = decide({"legal": 0.41, "finance": 0.30, "general": 0.29}, top_k=2, threshold=0.55, min_weight=0.1)
+    assert unsure.routed == "general"
+
+
 def test_to_json_has_exactly_the_documented_shape():
     d = decide({"medical": 0.7, "finance": 0.2, "general": 0.1}, top_k=2, threshold=0.3, min_weight=0.1,
                truncated=True, max_tokens=256)
