@@ -73,11 +73,7 @@ def encoder_at(rev: str, folder: Path):
 
 def route(gate: Gate, added: dict[str, list[str]]) -> dict[str, list[bool]]:
     """Per class, whether each added question went to its own class (an expert on top, or the fallback)."""
-    right = {}
-    for name, qs in added.items():
-        decisions = gate.route_batch(qs) if qs else []
-        right[name] = [d.routed == name for d in decisions]
-    return right
+    return {name: [d.routed == name for d in gate.route_batch(qs)] for name, qs in added.items()}
 
 
 def summary(right: dict[str, list[bool]]) -> dict[str, object]:
