@@ -142,17 +142,25 @@ def _cache_gguf(gguf: Path, fingerprint: str, cache_dir: Path) -> Path:
     return target
 
 
+def model_folder(spec: str | os.PathLike | None = None, *, cache_dir: Path | None = None) -> Path:
+    """The Hugging Face folder holding the base model's weights (a GGUF is dequantized into the cache once), for
+    what reads only part of the model, such as the gate's hidden-state view."""
+    return _folder(locate(spec), cache_dir)[0]
+
+
+def _folder(path: Path, cache_dir: Path | None) -> tuple[Path, str]:
+    if path.suffix == ".gguf":
+        fingerprint = file_fingerprint([path])
+        return _cache_gguf(path, fingerprint, cache_dir or default_cache_dir()), fingerprint
+    return path, file_fingerprint([path / "config.json", *_weight_files(path)])
+
+
 def load_base_model(spec: str | os.PathLike | None = None, *, device: str | torch.device | None = None,
                     cache_dir: Path | None = None) -> BaseModel:
     """Loads the base model in float32 (eval mode) on `device`."""
     path = locate(spec)
     device = device if isinstance(device, torch.device) else resolve_device(device)
-    if path.suffix == ".gguf":
-        fingerprint = file_fingerprint([path])
-        folder = _cache_gguf(path, fingerprint, cache_dir or default_cache_dir())
-    else:
-        fingerprint = file_fingerprint([path / "config.json", *_weight_files(path)])
-        folder = path
+    folder, fingerprint = _folder(path, cache_dir)
     auto_model, auto_tokenizer = _load_transformers()
     try:
         tokenizer = auto_tokenizer.from_pretrained(folder)
