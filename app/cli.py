@@ -112,7 +112,7 @@ def _experts_commands(commands) -> None:
     router.add_argument("--data", required=True, help="JSONL with question and domain, or CSV with those columns")
     router.add_argument("--json", action="store_true")
     router.add_argument("--top-k", type=_positive)
-    router.add_argument("--experts-dir")
+    _model_flags(router)  # the gate reads the base model's first layers
     router.set_defaults(run=_lazy("app.route_commands", "eval_router"))
 
 
@@ -131,7 +131,7 @@ def _route_command(commands) -> None:
     route.add_argument("--file", help="one question per line; prints one JSON decision per line")
     route.add_argument("--top-k", type=_positive)
     route.add_argument("--json", action="store_true")
-    route.add_argument("--experts-dir", help="folder of registered experts (env EXPERTGATE_EXPERTS_DIR)")
+    _model_flags(route)  # the gate reads the base model's first layers
     route.set_defaults(run=_lazy("app.route_commands", "route"))
     tune = commands.add_parser("tune-router", help="fine-tune the gate's encoder on the experts' questions "
                                                    "(minutes on a CPU), then refit the gate")
@@ -141,7 +141,7 @@ def _route_command(commands) -> None:
     tune.add_argument("--held-out", type=_share, help="share of questions kept out of tuning, on which the gate "
                                                       "calibrates (default 0.1)")
     tune.add_argument("--json", action="store_true")
-    tune.add_argument("--experts-dir", help="folder of registered experts (env EXPERTGATE_EXPERTS_DIR)")
+    _model_flags(tune)  # the gate reads the base model's first layers
     tune.set_defaults(run=_lazy("app.route_commands", "tune_router"))
 
 

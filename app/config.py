@@ -20,6 +20,8 @@ class AppConfig:
     cache_dir: Path | None = field(default_factory=lambda: Path(os.environ["EXPERTGATE_CACHE"]) if os.environ.get("EXPERTGATE_CACHE") else None)
     top_k: int = 2
     max_new_tokens: int = 160
+    # the base model's hidden states beside the gate's embedding (router.hidden_states); "0" routes without them
+    gate_states: bool = field(default_factory=lambda: os.environ.get("EXPERTGATE_GATE_STATES", "1") != "0")
 
     @classmethod
     def from_args(cls, args) -> "AppConfig":

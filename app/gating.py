@@ -6,10 +6,11 @@ import logging
 from pathlib import Path
 
 from experts import BUNDLED_DIR
-from experts.base_model import default_cache_dir
+from experts.base_model import default_cache_dir, model_folder, resolve_device
 from experts.rebuild import GENERAL_FILE
 from experts.registry import Registry
 from router import Encoder, Gate, SentenceEncoder, training_hash
+from router.hidden_states import HiddenStates
 from router.tuning import load_encoder, tuned_classes
 
 log = logging.getLogger("expertgate")
@@ -34,8 +35,22 @@ def gate_encoder(experts_dir: Path) -> tuple[SentenceEncoder, str | None]:
         return SentenceEncoder(), message
 
 
-def load_or_fit_gate(registry: Registry, names: list[str], encoder: Encoder,
-                     cache_dir: Path | None = None) -> Gate | None:
+def gate_states(base_folder: Path | None = None, *, base_model: str | None = None, cache_dir: Path | None = None,
+                device: str | None = None) -> tuple[HiddenStates | None, str | None]:
+    """The base LM's first layers, the gate's second view of a question (router.hidden_states), from the loaded
+    base model's folder or else the configured base model; a base model that cannot be read gives None and a
+    warning, so the gate still routes on the embedding alone."""
+    try:
+        folder = base_folder or model_folder(base_model, cache_dir=cache_dir)
+        return HiddenStates(folder, device=resolve_device(device)), None
+    except ValueError as err:
+        message = f"the gate routes without the base model's hidden states: {err}"
+        log.warning(message)
+        return None, message
+
+
+def load_or_fit_gate(registry: Registry, names: list[str], encoder: Encoder, cache_dir: Path | None = None,
+                     states: HiddenStates | None = None) -> Gate | None:
     """A gate over `names` (registered experts); None when there are none. A refit is saved for the next start."""
     if not names:
         return None
@@ -43,7 +58,7 @@ def load_or_fit_gate(registry: Registry, names: list[str], encoder: Encoder,
     general = general_questions(registry.root)
     folder = registry.root / GATE_DIR
     try:
-        gate = Gate.load(folder, encoder)
+        gate = Gate.load(folder, encoder, states)
         if gate.training_hash == training_hash(experts, general):
             return gate
     except (ValueError, OSError, KeyError):
@@ -52,7 +67,7 @@ def load_or_fit_gate(registry: Registry, names: list[str], encoder: Encoder,
     if untuned:
         log.info("the gate's encoder was tuned before %s joined; `expertgate tune-router` tunes it on all experts",
                  ", ".join(untuned))
-    gate = Gate.fit(experts, general, encoder, cache_dir=(cache_dir or default_cache_dir()) / "router")
+    gate = Gate.fit(experts, general, encoder, cache_dir=(cache_dir or default_cache_dir()) / "router", states=states)
     try:
         gate.save(folder)
     except OSError as err:

@@ -1,4 +1,4 @@
-"""`expertgate route` and `expertgate eval router`: the gate alone, without loading the base model."""
+"""`expertgate route` and `expertgate eval router`: the gate alone, reading only the base model's first layers."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from app.config import AppConfig
-from app.gating import gate_encoder, general_questions, load_or_fit_gate
+from app.gating import gate_encoder, gate_states, general_questions, load_or_fit_gate
 from app.service import InputError, check_top_k, clean_question
 
 
@@ -17,10 +17,19 @@ def _gate(config: AppConfig):
     encoder, warning = gate_encoder(config.experts_dir)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
-    gate = load_or_fit_gate(registry, registry.names(), encoder, config.cache_dir)
+    gate = load_or_fit_gate(registry, registry.names(), encoder, config.cache_dir, _states(config))
     if gate is None:
         raise InputError(f"no experts are registered in {config.experts_dir}: nothing to route to")
     return gate
+
+
+def _states(config: AppConfig):
+    if not config.gate_states:
+        return None
+    states, warning = gate_states(base_model=config.base_model, cache_dir=config.cache_dir, device=config.device)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    return states
 
 
 def _read_questions(path: str) -> list[str]:
@@ -94,6 +103,6 @@ def tune_router(args) -> int:
                               registry.root, config=settings, on_step=_progress)
     except ValueError as err:
         raise InputError(str(err)) from None
-    gate = load_or_fit_gate(registry, names, load_encoder(registry.root), config.cache_dir)
+    gate = load_or_fit_gate(registry, names, load_encoder(registry.root), config.cache_dir, _states(config))
     print(json.dumps({"tuning": asdict(report), "gate": gate.report.to_json()}, indent=None if args.json else 2))
     return 0

@@ -8,7 +8,7 @@ import unicodedata
 from dataclasses import asdict, dataclass, field
 
 from app.config import MAX_NEW_TOKENS, MAX_QUESTION_CHARS, MAX_TOP_K, AppConfig
-from app.gating import gate_encoder, load_or_fit_gate
+from app.gating import gate_encoder, gate_states, load_or_fit_gate
 from experts.adapters import AdapterError
 from experts.base_model import load_base_model
 from experts.engine import TorchBackend
@@ -89,6 +89,8 @@ class ExpertGate:
         self.backend = TorchBackend(self.base)
         self.registry = Registry(config.experts_dir)
         self.encoder, self._encoder_warning = gate_encoder(config.experts_dir)
+        self.states, self._states_warning = (gate_states(self.base.folder, device=str(self.base.device))
+                                             if config.gate_states else (None, None))
         self.stats = LoadStats()
         self._disabled: dict[str, str] = {}  # expert name -> why it could not be loaded
         self._refit_lock = threading.Lock()
@@ -116,13 +118,14 @@ class ExpertGate:
 
     @property
     def warnings(self) -> list[str]:
-        """One line per registered expert that could not be loaded, and one if the tuned encoder could not be."""
-        return list(self._disabled.values()) + ([self._encoder_warning] if self._encoder_warning else [])
+        """One line per registered expert that could not be loaded, and one each if the tuned encoder or the base
+        model's hidden states could not be."""
+        return list(self._disabled.values()) + [w for w in (self._encoder_warning, self._states_warning) if w]
 
     def _fit_gate(self) -> Gate | None:
         names = self.backend.experts()
         self.stats.set_experts(names)
-        return load_or_fit_gate(self.registry, names, self.encoder, self.config.cache_dir)
+        return load_or_fit_gate(self.registry, names, self.encoder, self.config.cache_dir, self.states)
 
     def refresh(self) -> None:
         """Picks up experts added to or removed from the registry, then refits the gate."""

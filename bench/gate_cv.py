@@ -1,7 +1,7 @@
 """Cross-validate the gate's settings on the training questions only, so choices never see an eval file.
 
     python bench/gate_cv.py [--c 8 --c 16] [--lexical 1.5,1.0 --lexical 0,0] [--folds 5] [--seed 0]
-                            [--encoder plain|shipped]
+                            [--encoder plain|shipped] [--no-states]
 
 For every setting, `Gate.fit` on some training questions (data/*/train.jsonl, general included), which sets
 temperature and threshold on its own inner folds, then routes the questions left out. Prints JSON, per setting,
@@ -28,26 +28,27 @@ from sklearn.model_selection import StratifiedKFold
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench.router_eval import DEFAULT_CACHE, training_data  # noqa: E402
+from bench.router_eval import DEFAULT_CACHE, add_states_flag, app_states, training_data  # noqa: E402
 from experts import BUNDLED_DIR  # noqa: E402
 from router import GENERAL, Gate, Lexical, SentenceEncoder  # noqa: E402
 from router.calibration import expected_calibration_error  # noqa: E402
+from router.hidden_states import HiddenStates  # noqa: E402
 from router.training import training_set  # noqa: E402
 from router.tuning import load_encoder  # noqa: E402
 
 
 def cross_validate(experts: dict[str, list[str]], general: list[str], encoder: SentenceEncoder, *,
                    splits: list[tuple[np.ndarray, np.ndarray]], seed: int, cache_dir: Path,
-                   **settings: float | Lexical) -> dict[str, object]:
-    """`splits` are (fit rows, routed rows) index pairs into `training_set`'s order; `settings` are passed on to
-    `Gate.fit` (c, lexical), and leaving one out keeps the gate's default."""
+                   states: HiddenStates | None = None, **settings: float | Lexical) -> dict[str, object]:
+    """`splits` are (fit rows, routed rows) index pairs into `training_set`'s order; `states` and `settings` are
+    passed on to `Gate.fit` (c, lexical), and leaving a setting out keeps the gate's default."""
     labels, texts, y = training_set(experts, general)
     predicted = np.full(len(y), -1)
     probabilities = np.zeros((len(y), len(labels)))
     for train, held in splits:
         split = {name: [texts[i] for i in train if y[i] == k] for k, name in enumerate(labels)}
         gate = Gate.fit({n: split[n] for n in labels[:-1]}, split[GENERAL], encoder, cache_dir=cache_dir, seed=seed,
-                        **settings)
+                        states=states, **settings)
         for i, d in zip(held, gate.route_batch([texts[i] for i in held])):
             predicted[i] = labels.index(d.routed)
             probabilities[i] = [d.probabilities[n] for n in labels]
@@ -57,6 +58,7 @@ def cross_validate(experts: dict[str, list[str]], general: list[str], encoder: S
     recall = {n: round(float(np.mean(predicted[y == k] == k)), 4) for k, n in enumerate(labels)}
     return {
         "settings": {k: v.to_json() if isinstance(v, Lexical) else v for k, v in settings.items()},
+        "hidden_states": states.name if states else None,
         "routed": int(routed.sum()),
         "domain_accuracy": round(float(np.mean(predicted[y != general_k] == y[y != general_k])), 4),
         "general_fallback_rate": recall[GENERAL],
@@ -76,6 +78,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--encoder", choices=["plain", "shipped"], default="plain",
                         help="plain MiniLM over outer folds, or the bundled tuned encoder on its held-out tenth")
+    add_states_flag(parser)
     args = parser.parse_args()
 
     cs = [{"c": c} for c in args.c] if args.c else [{}]
@@ -91,8 +94,9 @@ def main() -> None:
     else:
         encoder = SentenceEncoder()
         splits = list(StratifiedKFold(args.folds, shuffle=True, random_state=args.seed).split(texts, y))
+    states = app_states(args.states)
     results = [cross_validate(experts, general, encoder, splits=splits, seed=args.seed, cache_dir=args.cache_dir,
-                              **c, **lexical)
+                              states=states, **c, **lexical)
                for c, lexical in itertools.product(cs, lexicals)]
     print(json.dumps(results, indent=2))
 

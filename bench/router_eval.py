@@ -1,7 +1,7 @@
 """How well the gate routes held-out questions: fit on data/*/train.jsonl, score on the eval and boundary files.
 
     python bench/router_eval.py --json [--data data] [--top-k 2] [--out bench/results/router_eval.json]
-        [--encoder shipped|plain|tune] [--tune-without DOMAIN] [--held-out SHARE]
+        [--encoder shipped|plain|tune] [--tune-without DOMAIN] [--held-out SHARE] [--no-states]
 
 Every data/<domain>/ with a train.jsonl is an expert, except data/general/, whose questions are the
 off-domain class the gate falls back on. Held out: each domain's eval.jsonl labelled with the domain,
@@ -29,8 +29,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from app.gating import gate_states  # noqa: E402
 from experts import BUNDLED_DIR  # noqa: E402
 from router import GENERAL, Gate, SentenceEncoder, evaluate, load_labelled  # noqa: E402
+from router.hidden_states import HiddenStates  # noqa: E402
 from router.tuning import TuneConfig, load_encoder, tune_encoder  # noqa: E402
 
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "expertgate" / "router"
@@ -46,6 +48,21 @@ def read_questions(path: Path) -> list[str]:
                 except (json.JSONDecodeError, KeyError, TypeError) as e:
                     raise SystemExit(f"{path}:{line_no}: no readable 'question' ({e})") from None
     return questions
+
+
+def add_states_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-states", dest="states", action="store_false",
+                        help="fit the gate without the base model's hidden states (router.hidden_states)")
+
+
+def app_states(enabled: bool) -> HiddenStates | None:
+    """The base model's first layers as the app gives them to the gate, or None when `enabled` is false."""
+    if not enabled:
+        return None
+    states, warning = gate_states()
+    if warning:
+        raise SystemExit(warning)
+    return states
 
 
 def training_data(data: Path) -> tuple[dict[str, list[str]], list[str]]:
@@ -77,6 +94,7 @@ def main() -> None:
     parser.add_argument("--encoder", choices=["shipped", "plain", "tune"], default="shipped")
     parser.add_argument("--tune-without", help="with --encoder tune: a domain left out of the tuning")
     parser.add_argument("--held-out", type=float, help="with --encoder tune: share of questions left out of it")
+    add_states_flag(parser)
     args = parser.parse_args()
 
     if (args.tune_without or args.held_out is not None) and args.encoder != "tune":
@@ -97,7 +115,8 @@ def main() -> None:
             encoder = load_encoder(folder)
     start = time.perf_counter()
     # an encoder tuned in this run is never seen again: caching its embeddings would only leave files behind
-    gate = Gate.fit(experts, general, encoder, cache_dir=None if tuning else args.cache_dir, seed=args.seed)
+    gate = Gate.fit(experts, general, encoder, cache_dir=None if tuning else args.cache_dir, seed=args.seed,
+                    states=app_states(args.states))
     fit_seconds = time.perf_counter() - start
     if args.save_gate:
         gate.save(args.save_gate)
@@ -109,6 +128,7 @@ def main() -> None:
 
     result = {
         "encoder": encoder.name,
+        "hidden_states": gate.states.name if gate.states else None,
         "tuning": asdict(tuning) if tuning else None,
         "tuned_without": args.tune_without,
         "train": {"experts": {k: len(v) for k, v in experts.items()}, GENERAL: len(general),

@@ -1,6 +1,6 @@
 """How fast the gate routes and refits on this CPU.
 
-    python bench/router_speed.py --json [--data data] [--out bench/results/router_speed.json]
+    python bench/router_speed.py --json [--data data] [--out bench/results/router_speed.json] [--no-states]
 
 - latency: p50/p90 of `route` on one question, after warm-up, over distinct questions;
 - throughput: `route_batch` on 1,000 distinct short questions (one encoder call);
@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench.router_eval import DEFAULT_CACHE, training_data  # noqa: E402
+from bench.router_eval import DEFAULT_CACHE, add_states_flag, app_states, training_data  # noqa: E402
 from experts import BUNDLED_DIR  # noqa: E402
 from router import EmbeddingCache, Gate  # noqa: E402
 from router.tuning import load_encoder  # noqa: E402
@@ -59,11 +59,13 @@ def main() -> None:
     parser.add_argument("--singles", type=int, default=100)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "router_speed.json")
     parser.add_argument("--json", action="store_true")
+    add_states_flag(parser)
     args = parser.parse_args()
 
     encoder = load_encoder(BUNDLED_DIR)  # the encoder the app runs: MiniLM with its tuned LoRA merged in
+    states = app_states(args.states)
     experts, general = training_data(args.data)
-    gate = Gate.fit(experts, general, encoder, cache_dir=args.cache_dir)
+    gate = Gate.fit(experts, general, encoder, cache_dir=args.cache_dir, states=states)
 
     questions = short_questions(1000 + args.singles + 10)
     for q in questions[:10]:
@@ -82,16 +84,18 @@ def main() -> None:
 
     cooking = [t.format(f) for t, f in itertools.product(TEMPLATES, FOODS)]
     with tempfile.TemporaryDirectory() as tmp:
-        cache_file = EmbeddingCache(args.cache_dir, encoder).path
-        shutil.copy(cache_file, Path(tmp) / cache_file.name)
+        for view in filter(None, (encoder, states)):
+            cache_file = EmbeddingCache(args.cache_dir, view).path
+            shutil.copy(cache_file, Path(tmp) / cache_file.name)
         start = time.perf_counter()
-        refit = Gate.fit({**experts, "cooking": cooking}, general, encoder, cache_dir=tmp)
+        refit = Gate.fit({**experts, "cooking": cooking}, general, encoder, cache_dir=tmp, states=states)
         refit_seconds = time.perf_counter() - start
     routed = [d.routed for d in refit.route_batch(
         ["How long do I roast a whole turkey?", "What herbs go in a tomato sauce?"])]
 
     result = {
         "encoder": encoder.name,
+        "hidden_states": states.name if states else None,
         "torch_threads": __import__("torch").get_num_threads(),
         "single_route_ms": {"p50": round(1000 * statistics.median(times), 2),
                             "p90": round(1000 * times[int(0.9 * len(times))], 2), "n": len(times)},

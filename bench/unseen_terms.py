@@ -1,18 +1,21 @@
 """Route the training questions added since a git revision with the gate as it stood there: terms it never saw.
 
-    python bench/unseen_terms.py --since 4a495cc [--until REV] [--lexical 1.5,1.0 --lexical 3.0,1.0] [--out FILE]
+    python bench/unseen_terms.py --since 4a495cc [--until REV] [--lexical 1.5,1.0 --lexical 3.0,1.0]
+                                 [--states on|off|both] [--out FILE]
 
 The held-out eval's errors are mostly terms no training question names, and every later data batch names new
 ones, so it gives hundreds of such questions without reading an eval file. The gate is fitted on
 data/*/train.jsonl as committed at `--since`, with the encoder shipped at that revision (tuned on that data), and
-routes the questions added to each file since (up to `--until`, else the working tree). With several `--lexical`
-settings the first is the baseline, and each other is compared with it question by question (exact McNemar test
-on the questions only one gets right).
+routes the questions added to each file since (up to `--until`, else the working tree). `--states` fits the gate
+with the base model's hidden states (on, the app's default), without (off), or both ways. With several settings
+(each `--lexical` weight, each way of `--states`) the first is the baseline, and each other is compared with it
+question by question (exact McNemar test on the questions only one gets right).
 """
 from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import os
 import subprocess
@@ -26,7 +29,7 @@ from scipy.stats import binomtest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench.router_eval import DEFAULT_CACHE  # noqa: E402
+from bench.router_eval import DEFAULT_CACHE, app_states  # noqa: E402
 from router import GENERAL, Gate, Lexical  # noqa: E402
 from router.tuning import load_encoder  # noqa: E402
 
@@ -97,6 +100,8 @@ def main() -> None:
     parser.add_argument("--since", required=True, help="git revision whose data and encoder the gate is fitted with")
     parser.add_argument("--until", help="git revision whose added questions are routed (default: the working tree)")
     parser.add_argument("--lexical", action="append", help="WORD,CHAR block weights (repeat to compare)")
+    parser.add_argument("--states", choices=["on", "off", "both"], default="on",
+                        help="fit with the base model's hidden states, without, or both (without first)")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "unseen_terms.json")
     args = parser.parse_args()
@@ -104,19 +109,21 @@ def main() -> None:
     before, added = split_by_revision(args.since, args.until)
     if not any(added.values()):
         raise SystemExit(f"no training question was added since {args.since}")
-    settings = [Lexical(*map(float, w.split(","))) for w in args.lexical] if args.lexical else [Lexical()]
+    lexicals = [Lexical(*map(float, w.split(","))) for w in args.lexical] if args.lexical else [Lexical()]
+    states = app_states(args.states != "off")
+    views = {"on": [states], "off": [None], "both": [None, states]}[args.states]
     with tempfile.TemporaryDirectory() as tmp:
         encoder = encoder_at(args.since, Path(tmp))
         runs = []
-        for lexical in settings:
+        for lexical, view in itertools.product(lexicals, views):
             gate = Gate.fit({n: qs for n, qs in before.items() if n != GENERAL}, before[GENERAL], encoder,
-                            cache_dir=args.cache_dir, lexical=lexical)
-            runs.append((lexical, route(gate, added)))
-    flat = [[r for rows in right.values() for r in rows] for _, right in runs]
+                            cache_dir=args.cache_dir, lexical=lexical, states=view)
+            runs.append((lexical, view, route(gate, added)))
+    flat = [[r for rows in right.values() for r in rows] for *_, right in runs]
     result = {"since": args.since, "until": args.until or "working tree", "encoder": encoder.name,
-              "settings": [{"lexical": lexical.to_json(), **summary(right),
-                            **({"vs_first": paired(flat[0], flat[k])} if k else {})}
-                           for k, (lexical, right) in enumerate(runs)]}
+              "settings": [{"lexical": lexical.to_json(), "hidden_states": view.name if view else None,
+                            **summary(right), **({"vs_first": paired(flat[0], flat[k])} if k else {})}
+                           for k, (lexical, view, right) in enumerate(runs)]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

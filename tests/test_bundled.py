@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from app.gating import GATE_DIR, general_questions
+from app.gating import GATE_DIR, gate_states, general_questions
 from experts import BUNDLED_DIR
 from experts.adapters import read_manifest
 from experts.base_model import load_base_model
@@ -30,7 +30,9 @@ def test_the_saved_gate_matches_the_experts_so_a_fresh_start_does_not_refit():
     registry = Registry(BUNDLED_DIR)
     encoder = load_encoder(BUNDLED_DIR)
     assert "+encoder-" in encoder.name and tuned_classes(BUNDLED_DIR) == [*sorted(DOMAINS), "general"]
-    gate = Gate.load(BUNDLED_DIR / GATE_DIR, encoder)
+    states, warning = gate_states()
+    assert warning is None and states.name.endswith(":layers6:bfloat16")
+    gate = Gate.load(BUNDLED_DIR / GATE_DIR, encoder, states)
     questions = {name: registry.questions(name) for name in registry.names()}
     assert gate.training_hash == training_hash(questions, general_questions(BUNDLED_DIR))
     assert gate.experts == tuple(sorted(DOMAINS))

@@ -1,5 +1,6 @@
 """The composed service and the routing CLI on the tiny model with a four-expert folder and the real MiniLM gate."""
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -61,8 +62,33 @@ def test_corrupt_adapter_disables_only_that_expert(tiny_model_dir, experts_dir, 
     assert service.ask(["How is a fever treated?"])[0].experts[0]["name"] == "medical"
 
 
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, timeout=300)
+def test_gate_reads_the_base_models_hidden_states_when_asked(tiny_model_dir, experts_dir, tmp_path):
+    folder = tmp_path / "experts"
+    shutil.copytree(experts_dir, folder)
+
+    def start(states: bool) -> ExpertGate:
+        return ExpertGate(AppConfig(base_model=str(tiny_model_dir), device="cpu", experts_dir=folder,
+                                    cache_dir=tmp_path / "cache", max_new_tokens=2, gate_states=states))
+
+    service = start(True)
+    assert service.gate.states.name == f"{tiny_model_dir.name}:layers2:bfloat16" and service.warnings == []
+    assert json.loads((folder / "gate" / "gate.json").read_text())["hidden_states"]["name"] == service.gate.states.name
+    assert start(False).gate.states is None  # the saved gate no longer fits: refit without them
+    assert json.loads((folder / "gate" / "gate.json").read_text())["hidden_states"] is None
+
+
+def test_route_cli_without_a_readable_base_model_routes_on_the_embedding_with_a_warning(experts_dir, tmp_path):
+    result = cli("route", "Can my landlord keep my deposit?", "--json", "--experts-dir", str(experts_dir),
+                 "--base-model", str(tmp_path / "missing"), env={"EXPERTGATE_GATE_STATES": "1"})
+    assert result.returncode == 0, result.stderr
+    assert "warning: the gate routes without the base model's hidden states: base model path does not exist" \
+        in result.stderr
+    assert json.loads(result.stdout)["experts"][0]["name"] == "legal"
+
+
+def cli(*args, env: dict[str, str] | None = None):
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
 
 
 def test_route_cli_single_and_file(experts_dir, tmp_path):
