@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-MAX_TOKENS = 512
+MAX_TOKENS = 1024  # more than MiniLM reads in full (router.encoder), so this view never sees less of a question
 
 
 class HiddenStates:
@@ -52,6 +52,7 @@ class HiddenStates:
         self._model.norm = torch.nn.Identity()  # the final norm belongs after the last layer, not after these
         self._model.to(device).eval()
         self._tokenizer.padding_side = "right"
+        self._tokenizer.truncation_side = "left"  # an exam vignette or a contract puts the question at the end
         if self._tokenizer.pad_token is None:
             self._tokenizer.pad_token = self._tokenizer.eos_token
         self.name = f"{folder.name}:layers{layers}:{str(dtype).removeprefix('torch.')}"

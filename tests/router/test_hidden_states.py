@@ -54,6 +54,17 @@ def test_layers_are_capped_at_the_model_and_named(tiny_model_dir, states):
     assert not np.allclose(capped.encode(QUESTIONS), states.encode(QUESTIONS), atol=1e-3)
 
 
+def test_an_over_long_question_keeps_its_end(states):
+    """Past MAX_TOKENS the start is cut, not the end, where a long question asks what it asks."""
+    from router.hidden_states import MAX_TOKENS
+
+    end = " So is my verbal contract binding?"
+    long = "word " * (2 * MAX_TOKENS)
+    assert states._tokenizer(long + end, truncation=True, max_length=MAX_TOKENS)["input_ids"][-3:] == \
+        states._tokenizer(end)["input_ids"][-3:]
+    assert np.isfinite(states.encode([long + end])).all()
+
+
 def test_bad_folder_or_layer_count_is_a_clear_error(tmp_path, tiny_model_dir):
     with pytest.raises(ValueError, match="cannot load the base model's first layers from"):
         HiddenStates(tmp_path)
