@@ -39,8 +39,8 @@ class HiddenStates:
         logging.disable_progress_bar()
         try:
             layers = min(layers, AutoConfig.from_pretrained(folder).num_hidden_layers)
-            # through the causal-LM class: AutoModel would not map the checkpoint's "model." names and would
-            # silently leave the weights random
+            # through the causal-LM class: AutoModel has no lm_head, so from a checkpoint that stores the tied
+            # embeddings only as lm_head.weight (experts.base_model's GGUF cache does) it leaves them random
             self._model = AutoModelForCausalLM.from_pretrained(folder, num_hidden_layers=layers, dtype=dtype).model
             self._tokenizer = AutoTokenizer.from_pretrained(folder)
         except Exception as err:  # transformers raises OSError, ValueError, KeyError... for a broken folder
