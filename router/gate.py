@@ -98,9 +98,10 @@ class Gate:
 
     def probabilities(self, questions: list[str]) -> np.ndarray:
         """(N, C) calibrated class probabilities of N questions, columns in `labels` order; one encoder call."""
-        x = self.encoder.encode(list(questions))
+        questions = list(questions)
+        x = self.encoder.encode(questions)
         if self.states is not None:
-            x = np.hstack([x, self.block.transform(self.states.encode(list(questions)))])
+            x = np.hstack([x, self.block.transform(self.states.encode(questions))])
         x = _join(x, self.lexical.transform(questions), self.columns)
         logits = x @ self.linear.coef.T.astype(np.float64) + self.linear.intercept
         return softmax(np.asarray(logits), self.linear.temperature)
